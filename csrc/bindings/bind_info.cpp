@@ -1,0 +1,28 @@
+// Build and run-time facts for gradfast.show_config().
+#include "../cpu/cpu_kernels.h"
+#include "../cuda/cuda_ops.h"
+#include "../gradfast/tensor_list.h"
+#include "bindings.h"
+
+#ifndef GRADFAST_VERSION
+#define GRADFAST_VERSION "0.0.0"
+#endif
+
+namespace gradfast::bindings {
+
+void bind_info(pybind11::module_& m) {
+  m.attr("__version__") = GRADFAST_VERSION;
+  m.attr("CHUNK_ELEMS") = kChunkElems;
+#ifdef GRADFAST_WITH_CUDA
+  m.attr("CUDA_COMPILED") = true;
+  m.def("cuda_archs", [] { return cuda::compiled_archs(); });
+  m.def("cuda_device_count", [] { return cuda::device_count(); });
+#else
+  m.attr("CUDA_COMPILED") = false;
+  m.def("cuda_archs", [] { return std::string(); });
+  m.def("cuda_device_count", [] { return 0; });
+#endif
+  m.def("cpu_isa", [] { return std::string(cpu::best_kernels().isa); });
+}
+
+}  // namespace gradfast::bindings

@@ -1,0 +1,38 @@
+// Maps a flat chunk index to (tensor, element range) for a tensor list.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "../gradfast/tensor_list.h"
+#include "thread_pool.h"
+
+namespace gradfast::cpu {
+
+class ChunkIndex {
+ public:
+  explicit ChunkIndex(const TensorList& tl) : first_(tl.n + 1, 0) {
+    for (int64_t t = 0; t < tl.n; ++t) first_[t + 1] = first_[t] + chunks_of(tl.numels[t]);
+  }
+  int64_t total() const { return first_.back(); }
+  int64_t first_chunk(int64_t tensor) const { return first_[tensor]; }
+  // The tensor that owns chunk c (tensors with no elements own no chunk).
+  int64_t tensor_of(int64_t c) const {
+    return (int64_t)(std::upper_bound(first_.begin(), first_.end(), c) - first_.begin()) - 1;
+  }
+
+ private:
+  std::vector<int64_t> first_;
+};
+
+// Runs fn(chunk, tensor, first_element, length) over all chunks of all tensors, in parallel.
+template <typename Fn>
+void for_each_chunk(const TensorList& tl, const ChunkIndex& idx, int num_threads, Fn&& fn) {
+  parallel_for(idx.total(), num_threads, [&](int64_t c) {
+    const int64_t t = idx.tensor_of(c);
+    const int64_t start = (c - idx.first_chunk(t)) * kChunkElems;
+    fn(c, t, start, std::min(kChunkElems, tl.numels[t] - start));
+  });
+}
+
+}  // namespace gradfast::cpu

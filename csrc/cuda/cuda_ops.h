@@ -1,0 +1,53 @@
+// Multi-tensor operations on CUDA device memory: the GPU back end of gradfast.
+//
+// Plain C++ declarations (no CUDA or torch header), so the bindings compile with the host
+// compiler. Every entry point takes the device index, makes it current for the call and
+// restores the caller's device, and enqueues on the given stream (a cudaStream_t passed as
+// an integer handle) without synchronising.
+//
+// A tensor list lives on the device as one int64 table, built and cached by Python:
+//   meta[0, n)          data pointers
+//   meta[n, 2n)         element counts
+//   meta[2n, 3n+1)      first chunk of each tensor (prefix sums of ceil(numel/kChunkElems))
+// so one launch covers any number of tensors; blocks find their tensor by binary search.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "../gradfast/dtype.h"
+#include "../gradfast/norm_math.h"
+
+namespace gradfast::cuda {
+
+struct DeviceList {
+  const int64_t* meta;  // device pointer to the table above
+  int64_t n;            // tensors
+  int64_t n_chunks;     // total chunks (meta[3n])
+};
+
+// Bytes of scratch multi_norm needs: chunk partials plus a completion counter. The
+// workspace must be zeroed once when allocated; every launch leaves it zeroed again.
+size_t norm_workspace_bytes(int64_t n_tensors, int64_t n_chunks, DType dt);
+
+// Same outputs as cpu::multi_norm (all device pointers). One kernel launch: blocks write
+// chunk partials, the last block to finish folds them in chunk order (deterministic, no
+// floating-point atomics) into per-tensor norms, the total and the clip coefficient.
+void multi_norm(const DeviceList& list, DType dt, NormKind kind, double p, void* workspace,
+                void* per_tensor_out, void* total_out, void* coef_out, double max_norm,
+                int device, intptr_t stream);
+
+// x *= *coef (coef: device pointer to one math-type value). One launch.
+void multi_scale(const DeviceList& list, DType dt, const void* coef, int device, intptr_t stream);
+
+// x = clamp(x, lo, hi). One launch.
+void multi_clamp(const DeviceList& list, DType dt, double lo, double hi, int device,
+                 intptr_t stream);
+
+// Devices the CUDA runtime linked into gradfast can see (0 without a driver; never throws).
+int device_count();
+
+// The architectures compiled into this build, e.g. "sm_80 sm_90 compute_120".
+std::string compiled_archs();
+
+}  // namespace gradfast::cuda

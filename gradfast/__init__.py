@@ -1,0 +1,1 @@
+"""gradfast: fused gradient clipping and Adam/AdamW for PyTorch (placeholder, filled in below)."""
