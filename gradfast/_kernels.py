@@ -1,0 +1,64 @@
+"""Thin device dispatch onto the native entry points, for one (device, dtype) group.
+
+Callers guarantee: a non-empty list of dense tensors, all of one dtype on one CPU or CUDA
+device (see _tensor_lists.native_supported). Nothing here synchronises with a device.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+
+from ._native import _C, DTYPE_CODES, MATH_DTYPE
+from ._tensor_lists import current_stream, device_list, host_args, norm_workspace
+
+
+def group_norm(
+    tensors: List[torch.Tensor], p: float, kind: int, max_norm: float
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total norm in the group dtype, per-tensor norms in the math dtype, clip coefficient).
+
+    The clip coefficient is torch's min(max_norm / (total + 1e-6), 1), in the math dtype.
+    """
+    first = tensors[0]
+    dtype, device = first.dtype, first.device
+    math_dtype = MATH_DTYPE[dtype]
+    per_tensor = torch.empty(len(tensors), dtype=math_dtype, device=device)
+    total = torch.empty((), dtype=dtype, device=device)
+    coef = torch.empty((), dtype=math_dtype, device=device)
+    code = DTYPE_CODES[dtype]
+    if device.type == "cpu":
+        ptrs, numels = host_args(tensors)
+        _C.cpu_multi_norm(ptrs, numels, code, kind, p, per_tensor.data_ptr(), total.data_ptr(),
+                          coef.data_ptr(), max_norm, torch.get_num_threads())
+    else:
+        dl = device_list(tensors)
+        stream = current_stream(device)
+        ws = norm_workspace(device, stream, dl.n, dl.n_chunks, dtype)
+        _C.cuda_multi_norm(*dl.args(), code, kind, p, ws.data_ptr(), per_tensor.data_ptr(),
+                           total.data_ptr(), coef.data_ptr(), max_norm, device.index, stream)
+    return total, per_tensor, coef
+
+
+def group_scale_(tensors: List[torch.Tensor], coef: torch.Tensor) -> None:
+    """tensors *= coef (a 0-d tensor of the group's math dtype on the group's device)."""
+    first = tensors[0]
+    code = DTYPE_CODES[first.dtype]
+    if first.device.type == "cpu":
+        ptrs, numels = host_args(tensors)
+        _C.cpu_multi_scale(ptrs, numels, code, coef.data_ptr(), torch.get_num_threads())
+    else:
+        _C.cuda_multi_scale(*device_list(tensors).args(), code, coef.data_ptr(),
+                            first.device.index, current_stream(first.device))
+
+
+def group_clamp_(tensors: List[torch.Tensor], lo: float, hi: float) -> None:
+    """tensors = clamp(tensors, lo, hi), NaN kept, in one pass."""
+    first = tensors[0]
+    code = DTYPE_CODES[first.dtype]
+    if first.device.type == "cpu":
+        ptrs, numels = host_args(tensors)
+        _C.cpu_multi_clamp(ptrs, numels, code, lo, hi, torch.get_num_threads())
+    else:
+        _C.cuda_multi_clamp(*device_list(tensors).args(), code, lo, hi, first.device.index,
+                            current_stream(first.device))

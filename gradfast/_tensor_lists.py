@@ -1,0 +1,127 @@
+"""Turning lists of torch tensors into what the native core takes.
+
+The core sees raw pointers and element counts of dense tensors of one dtype on one device.
+This module decides which tensors qualify, groups them by (device, dtype), and on CUDA
+keeps the device-side pointer table and the scratch workspace cached, so a steady-state
+training step builds nothing and copies nothing to the device.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+
+from ._native import _C, CHUNK_ELEMS, DTYPE_CODES
+
+
+def is_dense(t: torch.Tensor) -> bool:
+    """True when t's elements fill one gap-free, non-overlapping block of memory.
+
+    Element order inside the block does not matter to element-wise ops and norms, so
+    channels-last and transposed tensors qualify, not only contiguous ones.
+    """
+    if t.is_contiguous():
+        return True
+    dims = sorted((st, sz) for st, sz in zip(t.stride(), t.size()) if sz != 1)
+    expected = 1
+    for st, sz in dims:
+        if st != expected:
+            return False
+        expected *= sz
+    return True
+
+
+def native_supported(t: torch.Tensor) -> bool:
+    """Whether the native kernels can take t (otherwise torch's own path is used)."""
+    return (
+        type(t) is torch.Tensor or type(t) is torch.nn.Parameter
+    ) and t.layout == torch.strided and t.dtype in DTYPE_CODES and (
+        t.device.type == "cpu" or t.device.type == "cuda"
+    ) and is_dense(t)
+
+
+def group_by_device_dtype(
+    tensors: Sequence[torch.Tensor],
+) -> "OrderedDict[Tuple[torch.device, torch.dtype], List[int]]":
+    """Indices of tensors per (device, dtype), in order of first appearance."""
+    groups: "OrderedDict[Tuple[torch.device, torch.dtype], List[int]]" = OrderedDict()
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    return groups
+
+
+def host_args(tensors: Sequence[torch.Tensor]):
+    """(pointers, element counts) of CPU tensors, for the cpu_* entry points."""
+    return [t.data_ptr() for t in tensors], [t.numel() for t in tensors]
+
+
+def chunk_count(numel: int) -> int:
+    return -(-numel // CHUNK_ELEMS)
+
+
+class DeviceList:
+    """The device-side table [ptrs, numels, first_chunk] of one CUDA tensor list."""
+
+    __slots__ = ("meta", "n", "n_chunks")
+
+    def __init__(self, ptrs: List[int], numels: List[int], device: torch.device) -> None:
+        first = [0]
+        for n in numels:
+            first.append(first[-1] + chunk_count(n))
+        host = torch.tensor(ptrs + numels + first, dtype=torch.int64)
+        if torch.cuda.is_available():
+            host = host.pin_memory()
+        self.meta = host.to(device, non_blocking=True)
+        self.n = len(ptrs)
+        self.n_chunks = first[-1]
+
+    def args(self):
+        return self.meta.data_ptr(), self.n, self.n_chunks
+
+
+_LIST_CACHE: "OrderedDict[tuple, DeviceList]" = OrderedDict()
+_LIST_CACHE_SIZE = 64
+
+
+def device_list(tensors: Sequence[torch.Tensor]) -> DeviceList:
+    """The cached DeviceList for these tensors (rebuilt only when pointers or sizes change).
+
+    Under CUDA graph capture the list must already be cached (warm-up steps do that), as
+    for any other allocation torch makes before capture.
+    """
+    ptrs = [t.data_ptr() for t in tensors]
+    numels = [t.numel() for t in tensors]
+    device = tensors[0].device
+    key = (device.index, tuple(ptrs), tuple(numels))
+    hit = _LIST_CACHE.get(key)
+    if hit is not None:
+        _LIST_CACHE.move_to_end(key)
+        return hit
+    built = DeviceList(ptrs, numels, device)
+    _LIST_CACHE[key] = built
+    if len(_LIST_CACHE) > _LIST_CACHE_SIZE:
+        _LIST_CACHE.popitem(last=False)
+    return built
+
+
+_WORKSPACES: Dict[tuple, torch.Tensor] = {}
+
+
+def norm_workspace(device: torch.device, stream: int, n: int, n_chunks: int,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """Zeroed scratch for the CUDA norm kernel, one per (device, stream), grown on demand.
+
+    The kernel leaves it zeroed after every launch, so it is never cleared again.
+    """
+    need = _C.cuda_norm_workspace_bytes(n, n_chunks, DTYPE_CODES[dtype])
+    key = (device.index, stream)
+    ws = _WORKSPACES.get(key)
+    if ws is None or ws.numel() < need:
+        ws = torch.zeros(max(need, 1 << 16), dtype=torch.uint8, device=device)
+        _WORKSPACES[key] = ws
+    return ws
+
+
+def current_stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream

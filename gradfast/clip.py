@@ -1,0 +1,222 @@
+"""Drop-in replacements for torch.nn.utils' gradient clipping functions (torch 2.13).
+
+Same signatures, defaults, return values and errors; the work is done by gradfast's
+multi-tensor kernels: on CUDA one launch computes every norm of a (device, dtype) group
+and the clip coefficient, and one more scales the gradients, with no host synchronisation.
+
+One deliberate difference: for norm_type=0, torch 2.13 returns the number of tensors that
+hold any nonzero; gradfast returns the number of nonzero elements (the true L0 "norm").
+"""
+from __future__ import annotations
+
+import types
+import warnings
+from typing import Iterable, List, Optional, Tuple, Union
+
+import torch
+
+from . import _ops, _torch_fallback
+from ._native import MATH_DTYPE
+from ._norm_kind import L0, empty_tensor_error, norm_kind, parse_norm_type
+from ._tensor_lists import group_by_device_dtype, native_supported
+
+_tensor_or_tensors = Union[torch.Tensor, Iterable[torch.Tensor]]
+
+__all__ = ["clip_grad_norm_", "clip_grad_norm", "get_total_norm", "clip_grads_with_norm_",
+           "clip_grad_value_"]
+
+_NONFINITE_MSG = (
+    "The total norm of order {} for gradients from `parameters` is non-finite, so it cannot "
+    "be clipped. To disable this error and scale the gradients by the non-finite norm anyway, "
+    "set `error_if_nonfinite=False`"
+)
+
+
+def _native_ok(tensors: List[torch.Tensor]) -> bool:
+    return all(native_supported(t) for t in tensors)
+
+
+def _check_empty(tensors: List[torch.Tensor], p: float) -> None:
+    if p in (float("inf"), float("-inf")) and any(t.numel() == 0 for t in tensors):
+        raise RuntimeError(empty_tensor_error(p))
+
+
+def _norms(
+    tensors: List[torch.Tensor], p: float, max_norm: float
+) -> Tuple[torch.Tensor, Optional[torch.Tensor], List[Tuple[List[int], torch.Tensor]]]:
+    """Native total norm of non-empty, native-supported tensors with a native order.
+
+    Returns (total, coef or None, [(indices, per-tensor norms) per group]). coef is the
+    kernel-computed clip coefficient, available when there is a single group.
+    """
+    kind = norm_kind(p)
+    groups = group_by_device_dtype(tensors)
+    if len(groups) == 1:
+        total, per_tensor, coef = _ops.group_norm(tensors, p, kind, max_norm)
+        return total, coef, [(list(range(len(tensors))), per_tensor)]
+    # Several groups: combine the per-tensor norms exactly as torch does, as the norm of
+    # the stacked per-tensor norms (each in its tensor's dtype) on the first device.
+    first_device = tensors[0].device
+    parts, per_group = [], []
+    for (device, dtype), idx in groups.items():
+        _, per_tensor, _ = _ops.group_norm([tensors[i] for i in idx], p, kind, max_norm)
+        per_group.append((idx, per_tensor))
+        parts.append(per_tensor.to(dtype).to(first_device))
+    promoted = parts[0].dtype
+    for part in parts[1:]:
+        promoted = torch.promote_types(promoted, part.dtype)
+    stacked = torch.cat([part.to(promoted) for part in parts])
+    if kind == L0:
+        total = stacked.sum()
+    else:
+        total = torch.linalg.vector_norm(stacked, p)
+    return total, None, per_group
+
+
+def _coef_from_total(max_norm: float, total: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(max_norm / (total + 1e-6), max=1.0)
+
+
+def _raise_if_nonfinite(total: torch.Tensor, p: float) -> None:
+    # The one place gradfast may synchronise, exactly where torch does.
+    if torch.logical_or(total.isnan(), total.isinf()):
+        raise RuntimeError(_NONFINITE_MSG.format(p))
+
+
+@torch.no_grad()
+def get_total_norm(
+    tensors: _tensor_or_tensors,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: Optional[bool] = None,
+) -> torch.Tensor:
+    """Norm of an iterable of tensors, as if they were concatenated into one vector.
+
+    Drop-in for torch.nn.utils.get_total_norm. ``foreach`` is accepted for compatibility.
+    """
+    if isinstance(tensors, torch.Tensor):
+        tensors = [tensors]
+    else:
+        tensors = list(tensors)
+    p = parse_norm_type(norm_type)
+    if len(tensors) == 0:
+        return torch.tensor(0.0)
+    if norm_kind(p) is not None and _native_ok(tensors):
+        _check_empty(tensors, p)
+        total = _norms(tensors, p, 1.0)[0]
+    else:
+        total = _torch_fallback.total_norm(tensors, p)
+    if error_if_nonfinite:
+        _raise_if_nonfinite(total, p)
+    return total
+
+
+def _scale_groups(grads: List[torch.Tensor], coef: torch.Tensor) -> None:
+    for (device, dtype), idx in group_by_device_dtype(grads).items():
+        group = [grads[i] for i in idx]
+        _ops.group_scale_(group, coef.to(device=device, dtype=MATH_DTYPE[dtype]))
+
+
+@torch.no_grad()
+def clip_grads_with_norm_(
+    parameters: _tensor_or_tensors,
+    max_norm: float,
+    total_norm: torch.Tensor,
+    foreach: Optional[bool] = None,
+) -> None:
+    """Scale gradients by min(max_norm / (total_norm + 1e-6), 1), in place.
+
+    Drop-in for torch.nn.utils.clip_grads_with_norm_.
+    """
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    grads = [p.grad for p in parameters if p.grad is not None]
+    max_norm = float(max_norm)
+    if len(grads) == 0:
+        return
+    coef = _coef_from_total(max_norm, total_norm)
+    if _native_ok(grads):
+        _scale_groups(grads, coef)
+    else:
+        _torch_fallback.scale_(grads, coef)
+
+
+@torch.no_grad()
+def clip_grad_norm_(
+    parameters: _tensor_or_tensors,
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: Optional[bool] = None,
+) -> torch.Tensor:
+    """Clip the gradient norm of an iterable of parameters, in place; return the total norm.
+
+    Drop-in for torch.nn.utils.clip_grad_norm_: the norm is that of all gradients as one
+    vector; gradients are multiplied by min(max_norm / (total + 1e-6), 1) on the device,
+    without a host synchronisation (unless error_if_nonfinite=True, as in torch).
+    """
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    else:
+        is_generator = isinstance(parameters, types.GeneratorType)
+        parameters = list(parameters)
+        if is_generator and len(parameters) == 0:
+            warnings.warn(
+                "`parameters` is an empty generator, no gradient clipping will occur.",
+                stacklevel=3,
+            )
+    grads = [p.grad for p in parameters if p.grad is not None]
+    p = parse_norm_type(norm_type)
+    max_norm = float(max_norm)
+    if len(grads) == 0:
+        return torch.tensor(0.0)
+    if norm_kind(p) is None or not _native_ok(grads):
+        total = _torch_fallback.total_norm(grads, p)
+        if error_if_nonfinite:
+            _raise_if_nonfinite(total, p)
+        _torch_fallback.scale_(grads, _coef_from_total(max_norm, total))
+        return total
+    _check_empty(grads, p)
+    total, coef, _ = _norms(grads, p, max_norm)
+    if error_if_nonfinite:
+        _raise_if_nonfinite(total, p)
+    if coef is not None:
+        _ops.group_scale_(grads, coef)
+    else:
+        _scale_groups(grads, _coef_from_total(max_norm, total))
+    return total
+
+
+def clip_grad_norm(parameters: _tensor_or_tensors, max_norm: float, norm_type: float = 2.0,
+                   error_if_nonfinite: bool = False, foreach: Optional[bool] = None) -> torch.Tensor:
+    """Deprecated alias of clip_grad_norm_, as in torch."""
+    warnings.warn(
+        "`torch.nn.utils.clip_grad_norm` is now deprecated in favor of "
+        "`torch.nn.utils.clip_grad_norm_`.",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return clip_grad_norm_(parameters, max_norm, norm_type, error_if_nonfinite, foreach)
+
+
+@torch.no_grad()
+def clip_grad_value_(
+    parameters: _tensor_or_tensors,
+    clip_value: float,
+    foreach: Optional[bool] = None,
+) -> None:
+    """Clamp every gradient to [-clip_value, clip_value], in place, in one pass.
+
+    Drop-in for torch.nn.utils.clip_grad_value_.
+    """
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    clip_value = float(clip_value)
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    if not _native_ok(grads):
+        _torch_fallback.clamp_(grads, clip_value)
+        return
+    for _, idx in group_by_device_dtype(grads).items():
+        _ops.group_clamp_([grads[i] for i in idx], -clip_value, clip_value)
