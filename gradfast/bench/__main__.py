@@ -254,13 +254,14 @@ def run(args: argparse.Namespace) -> int:
             names = ", ".join(p.key for p in pipes if p.unavailable_reason() == why)
             progress.write(f"skipping {names}: {why}")
 
-    load = environment.load_average()
-    cpus = os.cpu_count() or 1
-    if device.type == "cpu" and load and load[0] > 0.5 * cpus:
-        busy = (f"the machine is busy (load average {load[0]:.1f} over the last minute on "
-                f"{cpus} CPUs): CPU timings will be noisy; rerun when it is idle")
-        env["warnings"] = [busy]
-        progress.write(f"warning: {busy}")
+    other_load = environment.OtherLoad()
+    busy = environment.cpu_busy_fraction(1.0) if device.type == "cpu" else None
+    env["machine"]["cpu_busy_before_run"] = busy
+    if busy is not None and busy > 0.25:
+        warning = (f"the machine is busy (other processes used {100 * busy:.0f}% of the CPUs "
+                   f"just before the run): CPU timings will be noisy; rerun when it is idle")
+        env["warnings"] = [warning]
+        progress.write(f"warning: {warning}")
     progress.describe("copy bandwidth")
     copies = [roofline.measure_copy_bandwidth(device, copy_reps, llc)]
     progress.advance()
@@ -288,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
         _add_roofline(r, pipelines.PIPELINES[r["pipeline"]], copy_bw["GBps"])
 
     env["machine"]["load_average_at_end"] = environment.load_average()
+    env["machine"]["cpu_used_by_other_processes_during_run"] = other_load.fraction()
     n_failed = sum(r["status"] in ("check_failed", "error") for r in results)
     doc: Dict[str, Any] = {
         "schema": 1,

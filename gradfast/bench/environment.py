@@ -50,6 +50,55 @@ def load_average() -> Optional[list]:
         return None
 
 
+def cpu_busy_fraction(seconds: float = 1.0) -> Optional[float]:
+    """Fraction of all CPUs' time spent busy over `seconds` (from /proc/stat), while this
+    process sleeps: what other processes are using. None where /proc/stat is missing."""
+    import time
+
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return idle, sum(fields[:8])
+
+    try:
+        i1, t1 = sample()
+        time.sleep(seconds)
+        i2, t2 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (i2 - i1) / (t2 - t1) if t2 > t1 else None
+
+
+class OtherLoad:
+    """Share of the CPUs that other processes used between start() and stop(): the busy
+    time in /proc/stat minus this process's own CPU time. None where unavailable."""
+
+    def __init__(self) -> None:
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample():
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+            tick = os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        total = sum(fields[:8])
+        own = os.times()
+        return (total - idle) / tick, total / tick, own.user + own.system
+
+    def fraction(self) -> Optional[float]:
+        end = self._sample()
+        if self._start is None or end is None or end[1] <= self._start[1]:
+            return None
+        busy = end[0] - self._start[0]
+        own = end[2] - self._start[2]
+        return max(0.0, min(1.0, (busy - own) / (end[1] - self._start[1])))
+
+
 def git_commit() -> Dict[str, Any]:
     """The commit of the gradfast source tree the bench runs from, if it is a git checkout."""
     here = os.path.dirname(os.path.abspath(__file__))

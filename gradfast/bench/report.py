@@ -132,6 +132,10 @@ def _notes(doc: Doc) -> List[str]:
     ]
     for warning in doc["environment"].get("warnings", []):
         notes.append(f"warning: {warning}")
+    other = doc["environment"]["machine"].get("cpu_used_by_other_processes_during_run")
+    if other is not None and s["device"] == "cpu":
+        notes.append(f"other processes used {100 * other:.0f}% of the CPUs during the run"
+                     + (" (the timings are disturbed)" if other > 0.1 else ""))
     for reason, keys in _skipped_groups(doc):
         notes.append(f"skipped {', '.join(keys)}: {reason}")
     return notes
