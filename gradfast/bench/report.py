@@ -127,8 +127,10 @@ def _notes(doc: Doc) -> List[str]:
                        else "; wall clock"),
         "speedup = torch median / gradfast median; GB/s and % copy BW are gradfast's, by the "
         "bytes model (12 B/elem clip, 32 B/elem fused clip+Adam; half for bf16)",
-        "check: gradfast's norm, grads (clip) or params and moments after one step (Adam) "
-        "against torch's on the same inputs; a speedup is only shown where it passed",
+        "check: gradfast's and torch's outputs (norm and clipped grads; params and moments "
+        "after one Adam step) against torch's algorithm in float64 on the same inputs; "
+        "gradfast passes within twice torch's error or a few ulps; a speedup is only shown "
+        "where it passed",
     ]
     for warning in doc["environment"].get("warnings", []):
         notes.append(f"warning: {warning}")
@@ -162,7 +164,7 @@ def terminal_table(doc: Doc) -> str:
     parts += _notes(doc)
     c = doc["check_summary"]
     parts.append(f"correctness checks: {c['passed']} passed, {c['failed']} failed, "
-                 f"{c['skipped']} pipelines skipped")
+                 f"{c['skipped']} (workload, dtype, pipeline) runs skipped")
     return "\n".join(parts)
 
 
@@ -202,7 +204,7 @@ def write_markdown(path: str, doc: Doc, png_name: Optional[str]) -> None:
     lines += [f"- {n}" for n in _notes(doc)]
     c = doc["check_summary"]
     lines.append(f"- correctness checks: {c['passed']} passed, {c['failed']} failed, "
-                 f"{c['skipped']} pipelines skipped")
+                 f"{c['skipped']} (workload, dtype, pipeline) runs skipped")
     failed = [r for r in doc["results"] if r["status"] in ("check_failed", "error")]
     for r in failed:
         lines.append(f"- {r['status']}: {r['workload']} {r['dtype']} {r['pipeline']}: "
