@@ -131,15 +131,27 @@ class _Progress:
 
 
 def _empty_cache(device: torch.device) -> None:
-    gc.collect()
     if device.type == "cuda":
+        gc.collect()
         torch.cuda.empty_cache()
 
 
-def _run_pipeline(pipe: pipelines.Pipeline, wl: workloads.Workload, dtype_name: str,
-                  params0: List[torch.Tensor], grads0: List[torch.Tensor],
-                  device: torch.device, flusher: timing.CacheFlusher, repeats: int,
-                  budget: Optional[Dict[str, Any]], progress: _Progress) -> Dict[str, Any]:
+def _run_pipeline(*args: Any) -> Dict[str, Any]:
+    """Check, time and count one pipeline on one workload and dtype: its result record."""
+    sides: Dict[str, pipelines.Side] = {}
+    try:
+        return _check_and_time(sides, *args)
+    finally:
+        for side in sides.values():
+            side.close()
+
+
+def _check_and_time(sides: Dict[str, pipelines.Side], pipe: pipelines.Pipeline,
+                    wl: workloads.Workload, dtype_name: str, params0: List[torch.Tensor],
+                    grads0: List[torch.Tensor], device: torch.device,
+                    flusher: timing.CacheFlusher, repeats: int,
+                    budget: Optional[Dict[str, Any]], buffers: pipelines.Buffers,
+                    progress: _Progress) -> Dict[str, Any]:
     dtype = DTYPES[dtype_name]
     t_start = time.perf_counter()
     record: Dict[str, Any] = dict(
@@ -155,13 +167,12 @@ def _run_pipeline(pipe: pipelines.Pipeline, wl: workloads.Workload, dtype_name: 
         impl = pipe.variant if pipe.variant != "default" else pipelines.torch_default_impl(
             pipe.family, params0)
         record["torch_impl"] = impl
-    sides: Dict[str, pipelines.Side] = {}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     # 1. Correctness: each side once from the same inputs, compared.
     for name in ("gradfast", "torch"):
         try:
-            sides[name] = pipe.build(name, params0, grads0)
+            sides[name] = pipe.build(name, params0, grads0, buffers)
             sides[name].restore_grads()
             sides[name].step()
         except Exception as exc:  # a side that cannot run this configuration
@@ -272,12 +283,14 @@ def run(args: argparse.Namespace) -> int:
                 progress.describe(f"{wl.name} {dtype_name}: generating")
                 params0, grads0 = workloads.make_tensors(wl, DTYPES[dtype_name], device,
                                                          seed=args.seed)
+                buffers = pipelines.Buffers(params0)
                 for pipe in pipes:
                     progress.describe(f"{wl.name} {dtype_name} {pipe.label}")
                     results.append(_run_pipeline(pipe, wl, dtype_name, params0, grads0, device,
-                                                 flusher, reps_for(wl), budget, progress))
+                                                 flusher, reps_for(wl), budget, buffers,
+                                                 progress))
                     _empty_cache(device)
-                del params0, grads0
+                del params0, grads0, buffers
                 _empty_cache(device)
         progress.describe("copy bandwidth")
         copies.append(roofline.measure_copy_bandwidth(device, copy_reps, llc))

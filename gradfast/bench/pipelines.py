@@ -75,6 +75,13 @@ class Side:
     def step(self) -> None:  # replaced per pipeline
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Drop the optimizer and the step closure (which refers back to this side), so
+        reference counting frees their memory at once, without a garbage collection."""
+        self.__dict__.pop("step", None)
+        self.optimizer = None
+        self.last_norm = None
+
 
 @dataclass(frozen=True)
 class Pipeline:
@@ -94,10 +101,11 @@ class Pipeline:
         return why
 
     # ---- building the two sides ---------------------------------------------------------
-    def build(self, side: str, params0: List[torch.Tensor],
-              grads0: List[torch.Tensor]) -> Side:
-        """The gradfast or torch side, on fresh copies of params0 with gradients grads0."""
-        params = make_params(params0, grads0)
+    def build(self, side: str, params0: List[torch.Tensor], grads0: List[torch.Tensor],
+              buffers: Optional["Buffers"] = None) -> Side:
+        """The gradfast or torch side, on fresh copies of params0 with gradients grads0
+        (in `buffers`' memory for this side when given)."""
+        params = make_params(params0, grads0, buffers.get(side) if buffers else None)
         s = Side(params, params0, grads0)
         if self.family == "clip":
             if side == "gradfast":
@@ -213,12 +221,34 @@ def select(names: Optional[Sequence[str]] = None) -> List[Pipeline]:
     return chosen
 
 
-def make_params(params0: Sequence[torch.Tensor], grads0: Sequence[torch.Tensor]
+class Buffers:
+    """Memory for the parameters and gradients of each side, allocated once per workload
+    and dtype and reused by every pipeline (fresh allocations of hundreds of MB cost page
+    faults, about a second per pipeline on a small VM)."""
+
+    def __init__(self, params0: Sequence[torch.Tensor]) -> None:
+        self._like = params0
+        self._sides: Dict[str, Tuple[List[torch.Tensor], List[torch.Tensor]]] = {}
+
+    def get(self, side: str) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        if side not in self._sides:
+            self._sides[side] = ([torch.empty_like(p) for p in self._like],
+                                 [torch.empty_like(p) for p in self._like])
+        return self._sides[side]
+
+
+def make_params(params0: Sequence[torch.Tensor], grads0: Sequence[torch.Tensor],
+                memory: Optional[Tuple[List[torch.Tensor], List[torch.Tensor]]] = None
                 ) -> List[torch.nn.Parameter]:
-    """Fresh leaf parameters with copies of params0, each with a gradient copied from grads0."""
+    """Fresh leaf parameters holding copies of params0, each with a gradient copied from
+    grads0; in the given (params, grads) memory when there is one."""
     params = []
-    for p0, g0 in zip(params0, grads0):
-        p = torch.nn.Parameter(p0.clone())
-        p.grad = g0.clone()
+    for i, (p0, g0) in enumerate(zip(params0, grads0)):
+        if memory is None:
+            data, grad = p0.clone(), g0.clone()
+        else:
+            data, grad = memory[0][i].copy_(p0), memory[1][i].copy_(g0)
+        p = torch.nn.Parameter(data)
+        p.grad = grad
         params.append(p)
     return params

@@ -150,7 +150,6 @@ def time_pair(a: Step, prepare_a: Step, b: Step, prepare_b: Step, *, repeats: in
                                                                              repeats))
     out = {"gradfast": SideTimes(), "torch": SideTimes()}
     gc_was_enabled = gc.isenabled()
-    gc.collect()
     gc.disable()
     try:
         for _ in range(repeats):
