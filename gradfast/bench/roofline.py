@@ -17,8 +17,10 @@ Bytes per fp32 element (halved for bf16/fp16 data and state, doubled for fp64):
                                          addcdiv_ p (16)
   torch clip + AdamW(foreach)        92  as Adam, plus the decoupled decay p *= 1 - lr*wd (8)
 The default (for-loop) Adam moves at least as much as the foreach one; the model uses 84/92.
-These are the bytes a pipeline needs, not cache-line traffic: a figure over 100% of the copy
-bandwidth means part of the data was still in a cache.
+These are the bytes a pipeline needs, not cache-line traffic. A figure over 100% of the copy
+bandwidth is possible: a CPU copy also reads its destination into the cache before writing
+it (write-allocate), which a read-mostly step (the norm pass) or an in-place update does not
+pay, and part of a small model's data may still sit in a cache.
 """
 from __future__ import annotations
 
