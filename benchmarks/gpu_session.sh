@@ -18,7 +18,7 @@ GRADFAST_CUDA=1 GRADFAST_CUDA_ARCHS=${GRADFAST_CUDA_ARCHS:-90-real} CMAKE_BUILD_
 echo "build rc=$? in $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
 cd /tmp && python3 -m gradfast info | tee -a "$OUT/env.txt"; cd - > /dev/null
 
-timeout ${TEST_TIMEOUT:-240} pytest tests -q -x -rs --junitxml="$OUT/tests.xml" > "$OUT/tests.log" 2>&1
+timeout ${TEST_TIMEOUT:-240} pytest tests -q -x -rs > "$OUT/tests.log" 2>&1
 echo "tests rc=$?" | tee -a "$OUT/env.txt"
 tail -15 "$OUT/tests.log"
 
