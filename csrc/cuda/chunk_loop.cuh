@@ -1,0 +1,105 @@
+// Device building blocks shared by every multi-tensor kernel (norm, scale, clamp, and the
+// fused Adam step): a persistent grid-stride loop over the chunks of a tensor list, and
+// block-cooperative passes over one chunk with 16-byte vector accesses and several loads
+// in flight per thread.
+//
+// Within a chunk, thread i owns vectors i, i+Block, i+2*Block, ...: consecutive threads
+// touch consecutive 16-byte vectors (fully coalesced), and which thread sees which element
+// depends only on the chunk's length and alignment, which keeps reductions deterministic.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "block_reduce.cuh"
+#include "launch_config.cuh"
+#include "meta_table.h"
+#include "vec_io.cuh"
+
+namespace gradfast::cuda {
+
+// Calls fn(c, chunk) for the chunks c = blockIdx.x, blockIdx.x + gridDim.x, ... The grid is
+// sized to what the device holds at once (persistent_grid), so each block walks several.
+template <typename Fn>
+__device__ __forceinline__ void for_each_chunk(const MetaTable& table, int64_t n_chunks,
+                                               Fn&& fn) {
+  for (int64_t c = blockIdx.x; c < n_chunks; c += gridDim.x) fn(c, table.chunk(c));
+}
+
+// Visits the elements of base[0, len) that this thread owns: f(lane, x) with `lane` a
+// compile-time constant once unrolled (0..Vec16<T>::kN-1), so callers can keep one
+// accumulator per lane in registers. Read-only: the data must not be written by the kernel.
+template <typename T, int Block, int Ilp, typename F>
+__device__ __forceinline__ void read_chunk(const T* base, int len, F&& f) {
+  constexpr int V = Vec16<T>::kN;
+  const int tid = threadIdx.x;
+  if (is_aligned16(base)) {
+    const int nvec = len / V;
+    const Vec16<T>* vbase = reinterpret_cast<const Vec16<T>*>(base);
+    for (int i0 = tid; i0 < nvec; i0 += Block * Ilp) {
+      // All Ilp loads are issued before the first use: independent requests in flight.
+      Vec16<T> r[Ilp];
+#pragma unroll
+      for (int j = 0; j < Ilp; ++j)
+        if (i0 + j * Block < nvec) r[j] = load_vec_ro(vbase + i0 + j * Block);
+#pragma unroll
+      for (int j = 0; j < Ilp; ++j)
+        if (i0 + j * Block < nvec) {
+#pragma unroll
+          for (int e = 0; e < V; ++e) f(e, r[j].v[e]);
+        }
+    }
+    // Tail: fewer than V elements after the last whole vector.
+    for (int i = nvec * V + tid; i < len; i += Block) f(0, base[i]);
+  } else {
+    // Misaligned base (a view at an odd offset): scalar accesses, V in flight per thread.
+    for (int i0 = tid; i0 < len; i0 += Block * V) {
+      T r[V];
+#pragma unroll
+      for (int e = 0; e < V; ++e)
+        if (i0 + e * Block < len) r[e] = base[i0 + e * Block];
+#pragma unroll
+      for (int e = 0; e < V; ++e)
+        if (i0 + e * Block < len) f(e, r[e]);
+    }
+  }
+}
+
+// base[i] = f(base[i]) for the elements of base[0, len) that this thread owns, in place:
+// each element is read and written by the same thread, so no barrier is needed. Plain
+// (coherent) loads, since the kernel writes this memory.
+template <typename T, int Block, int Ilp, typename F>
+__device__ __forceinline__ void update_chunk(T* base, int len, F&& f) {
+  constexpr int V = Vec16<T>::kN;
+  const int tid = threadIdx.x;
+  if (is_aligned16(base)) {
+    const int nvec = len / V;
+    Vec16<T>* vbase = reinterpret_cast<Vec16<T>*>(base);
+    for (int i0 = tid; i0 < nvec; i0 += Block * Ilp) {
+      Vec16<T> r[Ilp];
+#pragma unroll
+      for (int j = 0; j < Ilp; ++j)
+        if (i0 + j * Block < nvec) r[j] = load_vec(vbase + i0 + j * Block);
+#pragma unroll
+      for (int j = 0; j < Ilp; ++j)
+        if (i0 + j * Block < nvec) {
+#pragma unroll
+          for (int e = 0; e < V; ++e) r[j].v[e] = f(r[j].v[e]);
+          store_vec(vbase + i0 + j * Block, r[j]);
+        }
+    }
+    for (int i = nvec * V + tid; i < len; i += Block) base[i] = f(base[i]);
+  } else {
+    for (int i0 = tid; i0 < len; i0 += Block * V) {
+      T r[V];
+#pragma unroll
+      for (int e = 0; e < V; ++e)
+        if (i0 + e * Block < len) r[e] = base[i0 + e * Block];
+#pragma unroll
+      for (int e = 0; e < V; ++e)
+        if (i0 + e * Block < len) base[i0 + e * Block] = f(r[e]);
+    }
+  }
+}
+
+}  // namespace gradfast::cuda
