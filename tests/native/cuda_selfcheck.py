@@ -5,7 +5,8 @@ CUDA result with the CPU back end of the same module (the reference semantics).
 
     python3 tests/native/cuda_selfcheck.py [--quick] [--big] [--bench]
 
---quick: small cases only (for compute-sanitizer); --big: a tensor past 2^31 elements;
+--quick: small cases only; --sanitize: fewer still (for compute-sanitizer, with
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that every tensor is its own allocation); --big: a tensor past 2^31 elements;
 --bench: bandwidth and launch-overhead numbers. Prints 'N passed, N failed' last.
 """
 import argparse
@@ -137,11 +138,11 @@ def tensor_lists(dt, quick):
     return lists
 
 
-def check_norms(quick):
+def check_norms(quick, kinds=KINDS):
     for dt in CODES:
         for lname, ts in tensor_lists(dt, quick).items():
             nm = Norm(ts)
-            for kname, (kind, p) in KINDS.items():
+            for kname, (kind, p) in kinds.items():
                 if kname == "lp3" and dt == torch.float16 and lname == "many_chunks":
                     continue  # fp16 total overflows to inf in both; nothing to compare
                 tag = f"norm {dt} {lname} {kname}"
@@ -375,10 +376,16 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--big", action="store_true")
     ap.add_argument("--bench", action="store_true")
+    ap.add_argument("--sanitize", action="store_true",
+                    help="few, small launches (under compute-sanitizer)")
     a = ap.parse_args()
     print(C.CUDA_COMPILED, C.cuda_archs(), C.cuda_device_count(), torch.__version__, flush=True)
     checks = [check_empty_list, lambda: check_norms(a.quick), check_torch_reference,
               check_scale_clamp, check_graph]
+    if a.sanitize:
+        checks = [check_empty_list,
+                  lambda: check_norms(True, {k: KINDS[k] for k in ("l2", "inf")}),
+                  check_scale_clamp]
     if a.big:
         checks.append(check_big)
     for chk in checks:
