@@ -26,6 +26,17 @@ __device__ __forceinline__ void for_each_chunk(const MetaTable& table, int64_t n
   for (int64_t c = blockIdx.x; c < n_chunks; c += gridDim.x) fn(c, table.chunk(c));
 }
 
+// Elements before the first 16-byte boundary of base (0..V-1, at most len), or -1 when base
+// is not even aligned to its element size (never for torch tensors; then all-scalar). A
+// chunk of a tensor view at an odd offset thus still runs its body with vector accesses.
+template <typename T>
+__device__ __forceinline__ int vector_head(const T* base, int len) {
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(base);
+  if (addr % sizeof(T) != 0) return -1;
+  const int head = (int)(((16 - (addr & 15)) & 15) / sizeof(T));
+  return head < len ? head : len;
+}
+
 // Visits the elements of base[0, len) that this thread owns: f(lane, x) with `lane` a
 // compile-time constant once unrolled (0..Vec16<T>::kN-1), so callers can keep one
 // accumulator per lane in registers. Read-only: the data must not be written by the kernel.
@@ -33,7 +44,12 @@ template <typename T, int Block, int Ilp, typename F>
 __device__ __forceinline__ void read_chunk(const T* base, int len, F&& f) {
   constexpr int V = Vec16<T>::kN;
   const int tid = threadIdx.x;
-  if (is_aligned16(base)) {
+  const int head = vector_head(base, len);
+  if (head >= 0) {
+    // Scalar head up to the 16-byte boundary (fewer than V elements, one per thread).
+    if (tid < head) f(0, base[tid]);
+    base += head;
+    len -= head;
     const int nvec = len / V;
     const Vec16<T>* vbase = reinterpret_cast<const Vec16<T>*>(base);
     for (int i0 = tid; i0 < nvec; i0 += Block * Ilp) {
@@ -52,7 +68,7 @@ __device__ __forceinline__ void read_chunk(const T* base, int len, F&& f) {
     // Tail: fewer than V elements after the last whole vector.
     for (int i = nvec * V + tid; i < len; i += Block) f(0, base[i]);
   } else {
-    // Misaligned base (a view at an odd offset): scalar accesses, V in flight per thread.
+    // Not even element-aligned: scalar accesses, V in flight per thread.
     for (int i0 = tid; i0 < len; i0 += Block * V) {
       T r[V];
 #pragma unroll
@@ -72,7 +88,11 @@ template <typename T, int Block, int Ilp, typename F>
 __device__ __forceinline__ void update_chunk(T* base, int len, F&& f) {
   constexpr int V = Vec16<T>::kN;
   const int tid = threadIdx.x;
-  if (is_aligned16(base)) {
+  const int head = vector_head(base, len);
+  if (head >= 0) {
+    if (tid < head) base[tid] = f(base[tid]);
+    base += head;
+    len -= head;
     const int nvec = len / V;
     Vec16<T>* vbase = reinterpret_cast<Vec16<T>*>(base);
     for (int i0 = tid; i0 < nvec; i0 += Block * Ilp) {

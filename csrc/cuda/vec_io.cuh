@@ -1,6 +1,6 @@
 // 16-byte vector loads and stores of storage elements: the widest single global access a
 // thread can issue (LDG.128 / STG.128), which memory-bound kernels need to reach full
-// bandwidth. Valid only on 16-byte aligned addresses; callers check with is_aligned16.
+// bandwidth. Valid only on 16-byte aligned addresses (chunk_loop.cuh peels the rest).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -18,10 +18,6 @@ struct alignas(16) Vec16 {
 static_assert(sizeof(Vec16<float>) == 16 && sizeof(Vec16<double>) == 16 &&
               sizeof(Vec16<Half>) == 16 && sizeof(Vec16<BFloat16>) == 16,
               "a vector must be exactly one 16-byte access");
-
-__device__ __forceinline__ bool is_aligned16(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
-}
 
 // Through the read-only (non-coherent) path: only for data no thread of the kernel writes.
 template <typename T>
