@@ -39,7 +39,7 @@ __device__ __forceinline__ int vector_head(const T* base, int len) {
 
 // Visits the elements of base[0, len) that this thread owns: f(lane, x) with `lane` a
 // compile-time constant once unrolled (0..Vec16<T>::kN-1), so callers can keep one
-// accumulator per lane in registers. Read-only: the data must not be written by the kernel.
+// accumulator per lane in registers.
 template <typename T, int Block, int Ilp, typename F>
 __device__ __forceinline__ void read_chunk(const T* base, int len, F&& f) {
   constexpr int V = Vec16<T>::kN;
@@ -57,7 +57,7 @@ __device__ __forceinline__ void read_chunk(const T* base, int len, F&& f) {
       Vec16<T> r[Ilp];
 #pragma unroll
       for (int j = 0; j < Ilp; ++j)
-        if (i0 + j * Block < nvec) r[j] = load_vec_ro(vbase + i0 + j * Block);
+        if (i0 + j * Block < nvec) r[j] = load_vec(vbase + i0 + j * Block);
 #pragma unroll
       for (int j = 0; j < Ilp; ++j)
         if (i0 + j * Block < nvec) {
@@ -82,8 +82,7 @@ __device__ __forceinline__ void read_chunk(const T* base, int len, F&& f) {
 }
 
 // base[i] = f(base[i]) for the elements of base[0, len) that this thread owns, in place:
-// each element is read and written by the same thread, so no barrier is needed. Plain
-// (coherent) loads, since the kernel writes this memory.
+// each element is read and written by the same thread, so no barrier is needed.
 template <typename T, int Block, int Ilp, typename F>
 __device__ __forceinline__ void update_chunk(T* base, int len, F&& f) {
   constexpr int V = Vec16<T>::kN;

@@ -15,9 +15,12 @@ namespace {
 
 constexpr int kEwBlock = 512;
 constexpr int kEwIlp = 4;
+// At most 64 registers, so two blocks (2 x 16 warps x 4 x 16 B in flight) share each SM:
+// the bf16 clamp otherwise takes 68 and a whole SM runs one block, ~15% below bandwidth.
+constexpr int kEwMinBlocks = 2;
 
 template <typename T>
-__global__ void __launch_bounds__(kEwBlock)
+__global__ void __launch_bounds__(kEwBlock, kEwMinBlocks)
     multi_scale_kernel(MetaTable table, int64_t n_chunks, const math_t<T>* coef) {
   using A = math_t<T>;
   // coef is usually written by the norm kernel just before on the same stream: read it once
@@ -37,7 +40,7 @@ __global__ void __launch_bounds__(kEwBlock)
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kEwBlock)
+__global__ void __launch_bounds__(kEwBlock, kEwMinBlocks)
     multi_clamp_kernel(MetaTable table, int64_t n_chunks, math_t<T> lo, math_t<T> hi) {
   using A = math_t<T>;
   const T lo_s = StoreAs<T>::from(lo), hi_s = StoreAs<T>::from(hi);

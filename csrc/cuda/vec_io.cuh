@@ -19,18 +19,14 @@ static_assert(sizeof(Vec16<float>) == 16 && sizeof(Vec16<double>) == 16 &&
               sizeof(Vec16<Half>) == 16 && sizeof(Vec16<BFloat16>) == 16,
               "a vector must be exactly one 16-byte access");
 
-// Through the read-only (non-coherent) path: only for data no thread of the kernel writes.
-template <typename T>
-__device__ __forceinline__ Vec16<T> load_vec_ro(const Vec16<T>* p) {
-  union { uint4 u; Vec16<T> v; } r;
-  r.u = __ldg(reinterpret_cast<const uint4*>(p));
-  return r.v;
-}
-
+// Streaming accesses cached in L2 only (.cg): data is touched once, and keeping it out of L1
+// leaves L1 to the small tensor-list table that every chunk's binary search reads (with
+// data streaming through L1, each search went back to L2: several dependent round trips
+// per chunk, a visible loss on lists of many tensors).
 template <typename T>
 __device__ __forceinline__ Vec16<T> load_vec(const Vec16<T>* p) {
   union { uint4 u; Vec16<T> v; } r;
-  r.u = *reinterpret_cast<const uint4*>(p);
+  r.u = __ldcg(reinterpret_cast<const uint4*>(p));
   return r.v;
 }
 
@@ -38,7 +34,7 @@ template <typename T>
 __device__ __forceinline__ void store_vec(Vec16<T>* p, const Vec16<T>& v) {
   union { uint4 u; Vec16<T> v; } r;
   r.v = v;
-  *reinterpret_cast<uint4*>(p) = r.u;
+  __stcg(reinterpret_cast<uint4*>(p), r.u);
 }
 
 // A storage value in its math type, as load_as_float, but fp16 through the hardware

@@ -347,7 +347,12 @@ def bench():
                 al = [t.clone() for t in ts]
                 nma = Norm(al)
                 ta = timeit(nma.launcher(0, 2.0))
-                print(f"  aligned list: {ta*1e3:.3f} ms = {nbytes/ta/copy_bw*100:.1f}% of copy bw")
+                coef = torch.tensor(0.5, dtype=math_dtype(dt), device=dev)
+                code = CODES[dt]
+                tsa = timeit(lambda: C.cuda_multi_scale(nma.meta.data_ptr(), nma.n, nma.nc, code,
+                                                        coef.data_ptr(), 0, stream()))
+                print(f"  aligned list: norm {ta*1e3:.3f} ms = {nbytes/ta/copy_bw*100:.1f}% of "
+                      f"copy bw, scale {tsa*1e3:.3f} ms = {2*nbytes/tsa/copy_bw*100:.1f}%")
                 del al, nma
             del nm, ts, x
     # Tiny model: launch overhead on the host and end-to-end time.
