@@ -42,6 +42,14 @@ struct MetaTable {
   // first_chunk(t) <= c. Tensors with no elements own no chunk and are skipped, since
   // their first_chunk equals the next tensor's.
   GF_HD int64_t tensor_of(int64_t c) const {
+#if defined(__CUDA_ARCH__)
+    return tensor_of_warp(c);
+#else
+    return tensor_of_binary(c);
+#endif
+  }
+
+  GF_HD int64_t tensor_of_binary(int64_t c) const {
     int64_t lo = 0, hi = n;  // invariant: first_chunk(lo) <= c < first_chunk(hi)
     while (hi - lo > 1) {
       const int64_t mid = lo + (hi - lo) / 2;
@@ -49,6 +57,28 @@ struct MetaTable {
     }
     return lo;
   }
+
+#if defined(__CUDA_ARCH__)
+  // The same search, 32-way: each lane of the warp probes one point of [lo, hi) and a ballot
+  // keeps the last probe with first_chunk <= c (first_chunk is non-decreasing, so the probes
+  // that pass form a prefix of the lanes). Two dependent loads cover 1024 tensors where a
+  // binary search needs ten, and under a saturated memory system each costs microseconds.
+  // Every lane of the warp must call it with the same c; all get the same answer.
+  __device__ __forceinline__ int64_t tensor_of_warp(int64_t c) const {
+    const int lane = threadIdx.x & 31;
+    int64_t lo = 0, hi = n;  // invariant: first_chunk(lo) <= c < first_chunk(hi)
+    while (hi - lo > 1) {
+      const int64_t step = (hi - lo + 31) / 32;
+      const int64_t probe = lo + lane * step;  // lane 0 probes lo, known to pass
+      const bool pass = probe < hi && first_chunk(probe) <= c;
+      const int last = 31 - __clz(__ballot_sync(0xffffffffu, pass));
+      lo += last * step;
+      const int64_t next_hi = lo + step;  // the probe after `last` failed, or is >= hi
+      hi = next_hi < hi ? next_hi : hi;
+    }
+    return lo;
+  }
+#endif
 
   GF_HD ChunkRef chunk(int64_t c) const {
     ChunkRef r;
