@@ -182,6 +182,8 @@ void multi_norm(const DeviceList& list, DType dt, NormKind kind, double p, void*
                 int device, intptr_t stream) {
   if (workspace == nullptr || total_out == nullptr)
     throw std::invalid_argument("gradfast multi_norm: workspace and total_out are required");
+  if (reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
+    throw std::invalid_argument("gradfast multi_norm: workspace must be 16-byte aligned");
   if (list.n < 0 || list.n_chunks < 0 || (list.n_chunks > 0 && list.meta == nullptr))
     throw std::invalid_argument("gradfast multi_norm: bad tensor list");
   if ((int)kind < 0 || (int)kind > (int)NormKind::Lp || (int)dt < 0 ||

@@ -19,10 +19,9 @@ static_assert(sizeof(Vec16<float>) == 16 && sizeof(Vec16<double>) == 16 &&
               sizeof(Vec16<Half>) == 16 && sizeof(Vec16<BFloat16>) == 16,
               "a vector must be exactly one 16-byte access");
 
-// Streaming accesses cached in L2 only (.cg): data is touched once, and keeping it out of L1
-// leaves L1 to the small tensor-list table that every chunk's binary search reads (with
-// data streaming through L1, each search went back to L2: several dependent round trips
-// per chunk, a visible loss on lists of many tensors).
+// Streaming accesses cached in L2 only (.cg): data is touched once, so it has no business in
+// L1, which stays free for the small tensor-list table every chunk's lookup reads. (.cg is
+// coherent at L2, so it is also right for in-place updates.)
 template <typename T>
 __device__ __forceinline__ Vec16<T> load_vec(const Vec16<T>* p) {
   union { uint4 u; Vec16<T> v; } r;
