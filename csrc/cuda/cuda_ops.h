@@ -28,9 +28,9 @@ struct DeviceList {
 
 // Bytes of scratch multi_norm needs: completion counters, chunk partials and per-tensor
 // norms. The workspace must be 16-byte aligned and zeroed once when allocated; every launch
-// leaves its counters zeroed again (the rest is scratch, rewritten before it is read), so
-// launches replay inside a CUDA graph. Launches that may run concurrently (different
-// streams) need different workspaces.
+// leaves all of it zeroed again, so launches replay inside a CUDA graph and one workspace
+// (large enough for each) serves any lists in turn on one stream. Launches that may run
+// concurrently (different streams) need different workspaces.
 size_t norm_workspace_bytes(int64_t n_tensors, int64_t n_chunks, DType dt);
 
 // Same outputs as cpu::multi_norm (all device pointers). One kernel launch: blocks write

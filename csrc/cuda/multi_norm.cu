@@ -10,10 +10,12 @@
 //   - the last block of the grid to finish (a grid counter) folds the per-tensor norms,
 //     again in a fixed order, into the total and the clip coefficient, and also writes the
 //     norms of tensors with no elements (they own no chunk, so no other block sees them).
-// Every value is a function of the data alone, never of which block finished when. The
-// counters wrap back to 0 by atomicInc's own modulus, so each launch leaves the workspace as
-// it found it: no memset, no host sync, replayable inside a CUDA graph. Concurrent launches
-// must not share a workspace.
+// Every value is a function of the data alone, never of which block finished when. Each
+// launch leaves the whole workspace zeroed, as it found it: the counters wrap back to 0 by
+// atomicInc's own modulus, and every scratch value is zeroed by the thread that reads it
+// last. So there is no memset and no host sync, launches replay inside a CUDA graph, and one
+// workspace serves any sequence of lists of any sizes on one stream (each list's layout
+// overlaps the others'). Launches that may run concurrently must not share a workspace.
 #include <cuda_runtime.h>
 
 #include <stdexcept>
@@ -52,6 +54,7 @@ struct NormArgs {
   unsigned* blocks_done;  // [1], 0 between launches
   A* partials;            // [n_chunks]
   A* norms;               // [n]: the caller's per_tensor_out, or workspace
+  bool norms_are_scratch; // norms is workspace: zero it after use
   T* total_out;
   A* coef_out;            // may be null
   A p;
@@ -117,8 +120,10 @@ __global__ void __launch_bounds__(kNormBlock) multi_norm_kernel(NormArgs<T> a) {
     // Fixed order: thread i folds chunks first+i, first+i+Block, ... then the block tree.
     // L2-only loads (__ldcg): other blocks wrote these; never trust this SM's L1 for them.
     A acc = op.identity();
-    for (int64_t k = ch.first + tid; k < ch.end; k += kNormBlock)
+    for (int64_t k = ch.first + tid; k < ch.end; k += kNormBlock) {
       acc = op.combine(acc, __ldcg(a.partials + k));
+      a.partials[k] = (A)0;  // the last reader leaves the workspace zeroed
+    }
     acc = block_reduce<kNormBlock>(acc, combine, op.identity(), red);
     if (tid == 0) a.norms[ch.tensor] = round_to<T>(op.finalize(acc));
   });
@@ -132,9 +137,10 @@ __global__ void __launch_bounds__(kNormBlock) multi_norm_kernel(NormArgs<T> a) {
     A norm;
     if (a.table.first_chunk(t) == a.table.first_chunk(t + 1)) {
       norm = empty_norm;  // no elements, no chunk: nobody else wrote it
-      a.norms[t] = norm;
+      if (!a.norms_are_scratch) a.norms[t] = norm;
     } else {
       norm = __ldcg(a.norms + t);
+      if (a.norms_are_scratch) a.norms[t] = (A)0;
     }
     acc = fold_tensor_norms(op, acc, norm);
   }
@@ -159,7 +165,9 @@ void launch_norm(const DeviceList& list, double p, void* workspace, void* per_te
   a.tensor_done = reinterpret_cast<unsigned*>(w);
   a.blocks_done = a.tensor_done + list.n;
   a.partials = reinterpret_cast<A*>(w + ws.partials_off);
-  a.norms = per_tensor_out ? static_cast<A*>(per_tensor_out) : reinterpret_cast<A*>(w + ws.norms_off);
+  a.norms_are_scratch = per_tensor_out == nullptr;
+  a.norms = a.norms_are_scratch ? reinterpret_cast<A*>(w + ws.norms_off)
+                                : static_cast<A*>(per_tensor_out);
   a.total_out = static_cast<T*>(total_out);
   a.coef_out = static_cast<A*>(coef_out);
   a.p = (A)p;

@@ -86,9 +86,9 @@ class Norm:
                 max_norm, 0, stream())
         return lambda: C.cuda_multi_norm(*args)
 
-    def counters_zero(self):
+    def workspace_zero(self):
         torch.cuda.synchronize()
-        return bool((self.ws[: 4 * (self.n + 1)] == 0).all())
+        return bool((self.ws == 0).all())
 
 
 def cpu_norm(ts, kind, p, max_norm=1.0):
@@ -161,7 +161,28 @@ def check_norms(quick, kinds=KINDS):
                         and torch.equal(bits(total), bits(total2))
                         and torch.equal(bits(total), bits(total3)))
                 report(same, tag + " bitwise repeatable")
-                report(nm.counters_zero(), tag + " workspace counters back to 0")
+                report(nm.workspace_zero(), tag + " workspace back to all zeros")
+
+
+def check_shared_workspace():
+    # One workspace serving lists of different shapes in turn, as the Python layer caches
+    # one per stream: a list of few tensors with many chunks leaves partials where a list of
+    # many tensors keeps its counters.
+    g = torch.Generator(device="cpu").manual_seed(4)
+    few = [torch.randn(k, generator=g).to(dev) for k in (40 * CH + 3, 9 * CH)]
+    many = [torch.randn(k, generator=g).to(dev) for k in [3 * CH + 1] * 300]
+    a, b = Norm(few), Norm(many)
+    shared = torch.zeros(max(a.ws.numel(), b.ws.numel()), dtype=torch.uint8, device=dev)
+    a.ws = b.ws = shared
+    ok = True
+    for _ in range(2):
+        for nm, ts in ((a, few), (b, many)):
+            for kind, p in ((0, 2.0), (1, 1.0)):
+                for per in (True, False):
+                    _, total, _ = nm.run(kind, p, per=per)
+                    _, rtotal, _ = cpu_norm(ts, kind, p)
+                    ok = ok and close(total, rtotal, 2e-5) and nm.workspace_zero()
+    report(ok, "one workspace shared by lists of different shapes")
 
 
 def check_torch_reference():
@@ -262,7 +283,7 @@ def check_graph():
                     for a, r in zip(outs[-1][3], ref))
     report(ok, "graph replay norm repeatable")
     report(scaled_ok, "graph replay scale")
-    report(nm.counters_zero(), "graph replay leaves counters 0")
+    report(nm.workspace_zero(), "graph replay leaves the workspace zeroed")
 
 
 def check_empty_list():
@@ -285,7 +306,7 @@ def check_big():
     nm = Norm([x])
     per, total, coef = nm.run(0, 2.0, max_norm=1.0)
     expect = (1 + 4 + 9 + 16 + 25) ** 0.5
-    report(abs(total.float().item() - expect) < 1e-2 and nm.counters_zero(), "big norm")
+    report(abs(total.float().item() - expect) < 1e-2 and nm.workspace_zero(), "big norm")
     per, total, coef = nm.run(2, 0.0, max_norm=1.0)
     report(total.float().item() == 5.0, "big inf norm")
     two = torch.tensor(2.0, device=dev)
@@ -393,8 +414,8 @@ def main():
                     help="few, small launches (under compute-sanitizer)")
     a = ap.parse_args()
     print(C.CUDA_COMPILED, C.cuda_archs(), C.cuda_device_count(), torch.__version__, flush=True)
-    checks = [check_empty_list, lambda: check_norms(a.quick), check_torch_reference,
-              check_scale_clamp, check_graph]
+    checks = [check_empty_list, lambda: check_norms(a.quick), check_shared_workspace,
+              check_torch_reference, check_scale_clamp, check_graph]
     if a.sanitize:
         checks = [check_empty_list,
                   lambda: check_norms(True, {k: KINDS[k] for k in ("l2", "inf")}),
