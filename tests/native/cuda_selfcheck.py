@@ -419,7 +419,7 @@ def main():
     if a.sanitize:
         checks = [check_empty_list,
                   lambda: check_norms(True, {k: KINDS[k] for k in ("l2", "inf")}),
-                  check_scale_clamp]
+                  check_shared_workspace, check_scale_clamp]
     if a.big:
         checks.append(check_big)
     for chk in checks:
