@@ -114,6 +114,16 @@ def get_total_norm(
 def _scale_groups(grads: List[torch.Tensor], coef: torch.Tensor) -> None:
     for (device, dtype), idx in group_by_device_dtype(grads).items():
         group = [grads[i] for i in idx]
+        if coef.dtype != dtype:
+            # torch's grad.mul_(coef) with a 0-d grad and a 0-d coef of another dtype
+            # computes in their promoted dtype (fp64 for an fp64 coef), not in the grad's
+            # math dtype: leave those to torch so the rounding is the same.
+            scalars = [g for g in group if g.dim() == 0]
+            if scalars:
+                _torch_fallback.scale_(scalars, coef)
+                group = [g for g in group if g.dim() != 0]
+                if not group:
+                    continue
         _ops.group_scale_(group, coef.to(device=device, dtype=MATH_DTYPE[dtype]))
 
 
