@@ -26,5 +26,7 @@ def scale_(grads: List[torch.Tensor], coef: torch.Tensor) -> None:
 
 
 def clamp_(grads: List[torch.Tensor], clip_value: float) -> None:
+    # clamp_min_ then clamp_max_, as torch's (foreach) path: same values and same errors.
     for g in grads:
-        g.clamp_(min=-clip_value, max=clip_value)
+        g.clamp_min_(-clip_value)
+        g.clamp_max_(clip_value)

@@ -9,6 +9,7 @@ hold any nonzero; gradfast returns the number of nonzero elements (the true L0 "
 """
 from __future__ import annotations
 
+import math
 import types
 import warnings
 from typing import Iterable, List, Optional, Tuple, Union
@@ -225,8 +226,19 @@ def clip_grad_value_(
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return
-    if not _native_ok(grads):
+    groups = group_by_device_dtype(grads)
+    if not _native_ok(grads) or not _clip_value_native_ok(clip_value, groups):
         _torch_fallback.clamp_(grads, clip_value)
         return
-    for _, idx in group_by_device_dtype(grads).items():
+    for _, idx in groups.items():
         _ops.group_clamp_([grads[i] for i in idx], -clip_value, clip_value)
+
+
+def _clip_value_native_ok(clip_value: float, groups) -> bool:
+    # torch turns every gradient into NaN for a NaN clip value and refuses a finite one
+    # that a grad dtype cannot hold ("value cannot be converted to type ... without
+    # overflow"): both are left to torch.
+    if math.isnan(clip_value):
+        return False
+    return math.isinf(clip_value) or all(
+        abs(clip_value) <= torch.finfo(dtype).max for _, dtype in groups)
