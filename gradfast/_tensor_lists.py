@@ -56,6 +56,16 @@ def host_args(tensors: Sequence[torch.Tensor]):
     return [t.data_ptr() for t in tensors], [t.numel() for t in tensors]
 
 
+def has_duplicates(ptrs: List[int], numels: List[int]) -> bool:
+    """Whether a non-empty tensor appears more than once (e.g. a parameter listed twice).
+
+    torch scales such a gradient once per occurrence, one tensor after the other; the
+    parallel kernels would race on it, so callers scale those lists with torch's ops.
+    """
+    live = [p for p, n in zip(ptrs, numels) if n > 0]
+    return len(set(live)) != len(live)
+
+
 def chunk_count(numel: int) -> int:
     return -(-numel // CHUNK_ELEMS)
 
@@ -63,7 +73,7 @@ def chunk_count(numel: int) -> int:
 class DeviceList:
     """The device-side table [ptrs, numels, first_chunk] of one CUDA tensor list."""
 
-    __slots__ = ("meta", "n", "n_chunks")
+    __slots__ = ("meta", "n", "n_chunks", "duplicates")
 
     def __init__(self, ptrs: List[int], numels: List[int], device: torch.device) -> None:
         first = [0]
@@ -75,6 +85,7 @@ class DeviceList:
         self.meta = host.to(device, non_blocking=True)
         self.n = len(ptrs)
         self.n_chunks = first[-1]
+        self.duplicates = has_duplicates(ptrs, numels)
 
     def args(self):
         return self.meta.data_ptr(), self.n, self.n_chunks
