@@ -33,12 +33,16 @@ def is_dense(t: torch.Tensor) -> bool:
 
 
 def native_supported(t: torch.Tensor) -> bool:
-    """Whether the native kernels can take t (otherwise torch's own path is used)."""
+    """Whether the native kernels can take t (otherwise torch's own path is used).
+
+    Inference tensors go to torch, which refuses to update them in place outside
+    inference mode (the kernels' raw writes would bypass that check).
+    """
     return (
         type(t) is torch.Tensor or type(t) is torch.nn.Parameter
     ) and t.layout == torch.strided and t.dtype in DTYPE_CODES and (
         t.device.type == "cpu" or t.device.type == "cuda"
-    ) and is_dense(t)
+    ) and is_dense(t) and not t.is_inference()
 
 
 def group_by_device_dtype(
