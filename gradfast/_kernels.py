@@ -8,9 +8,25 @@ from __future__ import annotations
 from typing import List, Tuple
 
 import torch
+from torch.autograd.graph import increment_version
 
 from ._native import _C, DTYPE_CODES, MATH_DTYPE
-from ._tensor_lists import current_stream, device_list, host_args, norm_workspace
+from ._tensor_lists import (
+    current_stream,
+    device_list,
+    has_duplicates,
+    host_args,
+    norm_workspace,
+)
+
+
+def _bump_versions(tensors: List[torch.Tensor]) -> None:
+    """The kernels write through raw pointers: tell autograd, as torch's in-place ops do."""
+    try:
+        increment_version(tensors)
+    except (TypeError, RuntimeError):  # older torch takes one tensor at a time
+        for t in tensors:
+            increment_version(t)
 
 
 def group_norm(
@@ -46,10 +62,24 @@ def group_scale_(tensors: List[torch.Tensor], coef: torch.Tensor) -> None:
     code = DTYPE_CODES[first.dtype]
     if first.device.type == "cpu":
         ptrs, numels = host_args(tensors)
+        if has_duplicates(ptrs, numels):
+            _scale_one_by_one(tensors, coef)
+            return
         _C.cpu_multi_scale(ptrs, numels, code, coef.data_ptr(), torch.get_num_threads())
     else:
-        _C.cuda_multi_scale(*device_list(tensors).args(), code, coef.data_ptr(),
-                            first.device.index, current_stream(first.device))
+        dl = device_list(tensors)
+        if dl.duplicates:
+            _scale_one_by_one(tensors, coef)
+            return
+        _C.cuda_multi_scale(*dl.args(), code, coef.data_ptr(), first.device.index,
+                            current_stream(first.device))
+    _bump_versions(tensors)
+
+
+def _scale_one_by_one(tensors: List[torch.Tensor], coef: torch.Tensor) -> None:
+    # A tensor listed twice is scaled twice, in order, as torch's per-tensor mul_ does.
+    for t in tensors:
+        t.mul_(coef)
 
 
 def group_clamp_(tensors: List[torch.Tensor], lo: float, hi: float) -> None:
@@ -62,3 +92,4 @@ def group_clamp_(tensors: List[torch.Tensor], lo: float, hi: float) -> None:
     else:
         _C.cuda_multi_clamp(*device_list(tensors).args(), code, lo, hi, first.device.index,
                             current_stream(first.device))
+    _bump_versions(tensors)

@@ -10,14 +10,28 @@ from __future__ import annotations
 from typing import List
 
 import torch
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype, _has_foreach_support
 
 
 def total_norm(grads: List[torch.Tensor], norm_type: float) -> torch.Tensor:
+    """torch's _get_total_norm (foreach=None), except for norm_type=0.
+
+    The per-tensor norms are stacked in torch's order (its (device, dtype) grouping, not
+    the input order): the final reduction rounds differently otherwise. For norm_type=0
+    the per-tensor counts of nonzero elements are summed, gradfast's documented L0,
+    so the result does not depend on whether a grad took this path.
+    """
     first_device = grads[0].device
-    norms = [torch.linalg.vector_norm(g, norm_type) for g in grads]
-    return torch.linalg.vector_norm(
-        torch.stack([n.to(first_device) for n in norms]), norm_type
-    )
+    norms: List[torch.Tensor] = []
+    for (device, _), ([device_grads], _) in _group_tensors_by_device_and_dtype([grads]).items():
+        if _has_foreach_support(device_grads, device):
+            norms.extend(torch._foreach_norm(device_grads, norm_type))
+        else:
+            norms.extend(torch.linalg.vector_norm(g, norm_type) for g in device_grads)
+    stacked = torch.stack([n.to(first_device) for n in norms])
+    if norm_type == 0:
+        return stacked.sum()
+    return torch.linalg.vector_norm(stacked, norm_type)
 
 
 def scale_(grads: List[torch.Tensor], coef: torch.Tensor) -> None:
@@ -26,5 +40,7 @@ def scale_(grads: List[torch.Tensor], coef: torch.Tensor) -> None:
 
 
 def clamp_(grads: List[torch.Tensor], clip_value: float) -> None:
+    # clamp_min_ then clamp_max_, as torch's (foreach) path: same values and same errors.
     for g in grads:
-        g.clamp_(min=-clip_value, max=clip_value)
+        g.clamp_min_(-clip_value)
+        g.clamp_max_(clip_value)
