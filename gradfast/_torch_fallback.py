@@ -7,17 +7,23 @@ identical to torch's whatever torch version is installed.
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 import torch
 
 
-def total_norm(grads: List[torch.Tensor], norm_type: float) -> torch.Tensor:
+def norms(grads: List[torch.Tensor], norm_type: float) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """(total norm, [each tensor's norm, 0-d, on its own device and in its own dtype])."""
     first_device = grads[0].device
-    norms = [torch.linalg.vector_norm(g, norm_type) for g in grads]
-    return torch.linalg.vector_norm(
-        torch.stack([n.to(first_device) for n in norms]), norm_type
+    per_tensor = [torch.linalg.vector_norm(g, norm_type) for g in grads]
+    total = torch.linalg.vector_norm(
+        torch.stack([n.to(first_device) for n in per_tensor]), norm_type
     )
+    return total, per_tensor
+
+
+def total_norm(grads: List[torch.Tensor], norm_type: float) -> torch.Tensor:
+    return norms(grads, norm_type)[0]
 
 
 def scale_(grads: List[torch.Tensor], coef: torch.Tensor) -> None:
