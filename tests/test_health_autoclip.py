@@ -93,3 +93,27 @@ def test_argument_checks():
         gradfast.AutoClip(percentile=101)
     with pytest.raises(ValueError):
         gradfast.AutoClip(history=0)
+
+
+def test_clip_with_norm_reuses_a_norm_and_matches_call():
+    torch.manual_seed(3)
+    a = [torch.nn.Parameter(torch.randn(5, 5)) for _ in range(3)]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    ca, cb = gradfast.AutoClip(percentile=20.0, history=4), gradfast.AutoClip(percentile=20.0, history=4)
+    for step in range(8):
+        grads = [torch.randn(5, 5) * (10 if step == 5 else 1) for _ in a]
+        for p, q, g in zip(a, b, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        total = ca(a)
+        total_b, _ = gradfast.grad_norms(b)
+        thr = cb.clip_with_norm_(b, total_b)
+        assert torch.equal(thr, ca.last_threshold) and torch.equal(total, total_b)
+        for p, q in zip(a, b):
+            assert torch.equal(p.grad, q.grad)
+
+
+def test_min_history_uses_initial_max_norm():
+    clipper = gradfast.AutoClip(percentile=50.0, history=10, min_history=3, initial_max_norm=1.5)
+    assert clipper.threshold(torch.tensor(100.0)).item() == 1.5
+    assert clipper.threshold(torch.tensor(200.0)).item() == 1.5
+    assert clipper.threshold(torch.tensor(300.0)).item() == 200.0  # three norms: percentile

@@ -32,6 +32,12 @@ class AutoClip:
             (the paper keeps every norm since the start; a window of a few hundred to a few
             thousand steps behaves the same once training is under way and bounds memory).
         norm_type: order of the global norm used by the standalone ``__call__``.
+        min_history, initial_max_norm: until the history holds ``min_history`` finite
+            norms (the current one included), clip at ``initial_max_norm`` instead (default:
+            1 and inf, the paper's behaviour: the first step is clipped at its own norm,
+            i.e. not at all). When gradients explode from the very first step, a few
+            unclipped steps are enough to wreck Adam's second-moment estimate for hundreds
+            of steps; ``min_history=10, initial_max_norm=1.0`` guards them.
 
     Two ways to use it:
 
@@ -53,7 +59,8 @@ class AutoClip:
     """
 
     def __init__(self, percentile: float = 10.0, history: int = 1000,
-                 norm_type: float = 2.0) -> None:
+                 norm_type: float = 2.0, *, min_history: int = 1,
+                 initial_max_norm: float = math.inf) -> None:
         percentile = float(percentile)
         if not 0.0 <= percentile <= 100.0:
             raise ValueError(f"percentile must be in [0, 100], got {percentile}")
@@ -63,6 +70,8 @@ class AutoClip:
         self.percentile = percentile
         self.history = history
         self.norm_type = parse_norm_type(norm_type)
+        self.min_history = int(min_history)
+        self.initial_max_norm = float(initial_max_norm)
         self._buf: Optional[torch.Tensor] = None
         self._count: Optional[torch.Tensor] = None
         self._slots: Optional[torch.Tensor] = None
@@ -105,7 +114,11 @@ class AutoClip:
         one_minus_g = (1.0 - gamma).to(buf.dtype)
         diff = b - a
         value = torch.where(gamma >= 0.5, b - diff * one_minus_g, a + diff * g)
-        return torch.where(n > 0, value, torch.full_like(value, math.inf))
+        value = torch.where(n > 0, value, torch.full_like(value, math.inf))
+        if self.min_history > 1:
+            value = torch.where(n < self.min_history,
+                                torch.full_like(value, self.initial_max_norm), value)
+        return value
 
     @torch.no_grad()
     def threshold(self, total_norm: torch.Tensor) -> torch.Tensor:
@@ -141,9 +154,26 @@ class AutoClip:
         if not grads:
             return torch.tensor(0.0)
         total, _ = norms_of(grads, self.norm_type)
+        self._clip(grads, total)
+        return total
+
+    def _clip(self, grads, total: torch.Tensor) -> torch.Tensor:
         thr = self.threshold(total)
         _scale_by_coef(grads, _coef_from_total(thr.to(total.device), total))
-        return total
+        return thr
+
+    @torch.no_grad()
+    def clip_with_norm_(self, parameters: Union[torch.Tensor, Iterable[torch.Tensor]],
+                        total_norm: torch.Tensor) -> torch.Tensor:
+        """Like ``__call__`` with the global norm already computed (e.g. by
+        ``GradMonitor.step()`` or ``gradfast.grad_norms``), so no second norm pass is made.
+        Records ``total_norm``, scales the gradients, and returns the threshold used."""
+        if isinstance(parameters, torch.Tensor):
+            parameters = [parameters]
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            return self.threshold(total_norm)
+        return self._clip(grads, total_norm)
 
     # ---- inspection and checkpoints -----------------------------------------------------
     def history_values(self) -> torch.Tensor:
@@ -160,13 +190,16 @@ class AutoClip:
     def state_dict(self) -> Dict[str, Any]:
         clone = lambda t: None if t is None else t.clone()  # noqa: E731
         return {"percentile": self.percentile, "history": self.history,
-                "norm_type": self.norm_type, "buffer": clone(self._buf),
+                "norm_type": self.norm_type, "min_history": self.min_history,
+                "initial_max_norm": self.initial_max_norm, "buffer": clone(self._buf),
                 "count": clone(self._count)}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.percentile = float(state["percentile"])
         self.history = int(state["history"])
         self.norm_type = float(state["norm_type"])
+        self.min_history = int(state.get("min_history", 1))
+        self.initial_max_norm = float(state.get("initial_max_norm", math.inf))
         buf, count = state["buffer"], state["count"]
         self._buf = None if buf is None else buf.clone()
         self._count = None if count is None else count.clone()
@@ -175,4 +208,5 @@ class AutoClip:
 
     def __repr__(self) -> str:
         return (f"AutoClip(percentile={self.percentile}, history={self.history}, "
-                f"norm_type={self.norm_type})")
+                f"norm_type={self.norm_type}, min_history={self.min_history}, "
+                f"initial_max_norm={self.initial_max_norm})")

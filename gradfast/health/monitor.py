@@ -109,6 +109,8 @@ class GradMonitor:
             vanish_ratio x the median RMS of the layers at that step is 'vanishing'.
         vanish_drop: a layer whose norm is below vanish_drop x its own running median is
             'vanishing'.
+        vanish_patience: a vanishing condition is reported once it has held this many
+            consecutive steps (then at every step while it holds).
         warmup: running-median checks start once this many finite values are in the window.
         warn: issue a :class:`GradientHealthWarning` the first time each kind of problem is
             seen in each layer (every event also goes to the ``gradfast.health`` logger at
@@ -138,6 +140,7 @@ class GradMonitor:
         explode_factor: float = 10.0,
         vanish_ratio: float = 1e-3,
         vanish_drop: float = 1e-3,
+        vanish_patience: int = 3,
         warmup: int = 10,
         warn: bool = True,
         tensorboard: Any = None,
@@ -156,6 +159,7 @@ class GradMonitor:
         self.explode_factor = float(explode_factor)
         self.vanish_ratio = float(vanish_ratio)
         self.vanish_drop = float(vanish_drop)
+        self.vanish_patience = max(1, int(vanish_patience))
         self.warmup = int(warmup)
         self.warn = bool(warn)
         self.keep = None if keep is None else int(keep)
@@ -178,6 +182,7 @@ class GradMonitor:
         self._win_total: deque = deque(maxlen=self.history)
         self._win_layers = np.full((self.history, n), np.nan)
         self._win_pos = 0
+        self._vanish_streak = np.zeros(n, dtype=np.int64)
         self._warned: set = set()
         self._index_cache: Dict[Tuple[int, ...], torch.Tensor] = {}
         self._writer = self._open_writer(tensorboard)
@@ -269,18 +274,22 @@ class GradMonitor:
         return torch.full((1,), float(bool(value)), dtype=torch.float32, device=device)
 
     @torch.no_grad()
-    def annotate(self, max_norm=None, skipped=None) -> None:
-        """Mark the latest recorded step as clipped (total > max_norm) and/or skipped.
+    def annotate(self, max_norm=None, skipped=None, clipped=None) -> None:
+        """Mark the latest recorded step as clipped and/or skipped, without a sync.
 
         For when the threshold is known only after recording, e.g.
-        ``total, _ = monitor.step(); total = clipper(params); monitor.annotate(max_norm=
-        clipper.last_threshold)``.
+        ``total, _ = monitor.step(); thr = clipper.clip_with_norm_(params, total);
+        monitor.annotate(max_norm=thr)``. ``max_norm``: clipped when total > max_norm;
+        ``clipped``: a bool or 0-d bool tensor saying so directly (e.g. from AGC);
+        ``skipped``: the optimizer skipped the step.
         """
         if self._pending == 0:
             raise RuntimeError("GradMonitor.annotate: no step recorded since the last read-back")
         row = self._buf[self._pending - 1]
         if max_norm is not None:
             row[1:2].copy_(self._flag(max_norm, row[0:1], row.device))
+        if clipped is not None:
+            row[1:2].copy_(self._flag(clipped, None, row.device))
         if skipped is not None:
             row[2:3].copy_(self._flag(skipped, None, row.device))
 
@@ -338,17 +347,13 @@ class GradMonitor:
                             f"exploding gradients: global norm {_fmt(total)} > "
                             f"{self.explode_factor:g} x running median {_fmt(ref)}"
                             + (f" (layers: {', '.join(layers)})" if layers else ""))
-        # Vanishing against the other layers (scale-free RMS values).
+        # Vanishing: against the other layers (scale-free RMS values), or against the
+        # layer's own history; reported once the condition has held `vanish_patience`
+        # analysed steps in a row (a single small value is noise: a 1-element bias's
+        # gradient crosses zero now and then).
+        found: Dict[int, Tuple[float, float, str]] = {}
         rms = norms / self._rms_scale
         idx = np.flatnonzero(present)
-        if idx.size >= 2:
-            med = float(np.median(rms[idx]))
-            bound = self.vanish_ratio * med
-            for i in idx[rms[idx] < bound]:
-                self._event(step, "vanishing", (self.names[i],), float(rms[i]), bound,
-                            f"vanishing gradient in {self.names[i]}: RMS {_fmt(rms[i])} < "
-                            f"{self.vanish_ratio:g} x median layer RMS {_fmt(med)}")
-        # Vanishing against the layer's own history.
         cand = idx[counts[idx] >= self.warmup]
         if cand.size:
             hi = np.nanmax(win[:, cand], axis=0)
@@ -357,20 +362,31 @@ class GradMonitor:
                 med = np.nanmedian(win[:, cand], axis=0)
                 for i, m in zip(cand, med):
                     if norms[i] < self.vanish_drop * m:
-                        self._event(step, "vanishing", (self.names[i],), float(norms[i]),
-                                    self.vanish_drop * m,
-                                    f"vanishing gradient in {self.names[i]}: norm "
-                                    f"{_fmt(norms[i])} < {self.vanish_drop:g} x its running "
-                                    f"median {_fmt(m)}")
+                        found[int(i)] = (float(norms[i]), self.vanish_drop * float(m),
+                                         f"norm {_fmt(norms[i])} < {self.vanish_drop:g} x its "
+                                         f"running median {_fmt(m)}")
+        if idx.size >= 2:
+            med = float(np.median(rms[idx]))
+            bound = self.vanish_ratio * med
+            for i in idx[rms[idx] < bound]:
+                found[int(i)] = (float(rms[i]), bound, f"RMS {_fmt(rms[i])} < "
+                                 f"{self.vanish_ratio:g} x median layer RMS {_fmt(med)}")
+        streak = self._vanish_streak
+        hit = np.zeros(len(self.names), dtype=bool)
+        hit[list(found)] = True
+        streak[:] = np.where(hit, streak + 1, np.where(present, 0, streak))
+        for i in sorted(found):
+            if streak[i] >= self.vanish_patience:
+                value, bound, why = found[i]
+                held = (f" (for {streak[i]} steps)" if self.vanish_patience > 1 else "")
+                self._event(step, "vanishing", (self.names[i],), value, bound,
+                            f"vanishing gradient in {self.names[i]}: {why}{held}")
         # Update the running windows.
         self._win_total.append(total)
         win[self._win_pos] = np.where(present, norms, np.nan)
         self._win_pos = (self._win_pos + 1) % self.history
 
     def _event(self, step, kind, layers, value, threshold, message) -> None:
-        if kind == "vanishing" and any(e.step == step and e.kind == kind and e.layers == layers
-                                       for e in self.events[-len(self.names):]):
-            return  # both vanishing rules fired for this layer at this step
         text = f"GradMonitor step {step}: {message}"
         self.events.append(GradEvent(step, kind, tuple(layers), float(value),
                                      float(threshold), text))
