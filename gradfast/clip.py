@@ -128,6 +128,14 @@ def _scale_groups(grads: List[torch.Tensor], coef: torch.Tensor) -> None:
         _ops.group_scale_(group, coef.to(device=device, dtype=MATH_DTYPE[dtype]))
 
 
+def _scale_by_coef(grads: List[torch.Tensor], coef: torch.Tensor) -> None:
+    """grads *= coef (a 0-d tensor on any device), natively when every grad allows it."""
+    if _native_ok(grads):
+        _scale_groups(grads, coef)
+    else:
+        _torch_fallback.scale_(grads, coef)
+
+
 @torch.no_grad()
 def clip_grads_with_norm_(
     parameters: _tensor_or_tensors,
@@ -145,11 +153,7 @@ def clip_grads_with_norm_(
     max_norm = float(max_norm)
     if len(grads) == 0:
         return
-    coef = _coef_from_total(max_norm, total_norm)
-    if _native_ok(grads):
-        _scale_groups(grads, coef)
-    else:
-        _torch_fallback.scale_(grads, coef)
+    _scale_by_coef(grads, _coef_from_total(max_norm, total_norm))
 
 
 @torch.no_grad()
