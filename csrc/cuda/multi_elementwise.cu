@@ -48,9 +48,10 @@ __global__ void __launch_bounds__(kEwBlock, kEwMinBlocks)
     T* base = static_cast<T*>(table.ptr(ch.tensor)) + ch.start;
     update_chunk<T, kEwBlock, kEwIlp>(base, ch.len, [lo, hi, lo_s, hi_s](T x) {
       const A v = load_math(x);
-      // Same comparisons as the CPU. NaN fails both and keeps its exact bits, as does any
-      // value inside the range (it would round-trip exactly anyway).
-      return v < lo ? lo_s : (v > hi ? hi_s : x);
+      // torch's clamp_min(lo) then clamp_max(hi), as on the CPU: with lo > hi (a negative
+      // clip value) everything becomes hi. NaN fails both and keeps its exact bits, as does
+      // any value inside the range (it would round-trip exactly anyway).
+      return v < lo ? (lo > hi ? hi_s : lo_s) : (v > hi ? hi_s : x);
     });
   });
 }
