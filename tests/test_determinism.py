@@ -7,6 +7,7 @@ kernels are first used, so the SIMD levels are compared in subprocesses.
 import json
 import os
 import subprocess
+import tempfile
 import sys
 
 import pytest
@@ -181,8 +182,10 @@ def _probe(isa):
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(gradfast.__file__)))
     env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [x for x in [env.get("PYTHONPATH")] if x])
     tests_dir = os.path.dirname(os.path.abspath(__file__))
+    # cwd outside the source tree: `-c` puts the cwd first on sys.path, and the tests must
+    # import the same gradfast as this process (the installed one in CI).
     proc = subprocess.run([sys.executable, "-c", _PROBE, tests_dir], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -10,7 +10,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_rnn_example_short_mode(tmp_path):
     png = tmp_path / "short.png"
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    # The gradfast this process imported (the installed wheel in CI), not the source tree.
+    import gradfast
+
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(gradfast.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent, env.get("PYTHONPATH", "")])
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "rnn_exploding.py"), "--short", "--plot", str(png)],
         capture_output=True, text=True, timeout=60, env=env, cwd=str(tmp_path))
