@@ -33,7 +33,7 @@ void adam_step(const AdamLists& l, DType dt, const AdamHyper& hyper, const AdamF
   const int64_t total = idx.total();
   const CpuKernels& k = best_kernels();
   const int64_t esize = dtype_size(dt);
-  parallel_for(total, num_threads, [&](int64_t task) {
+  parallel_for(total, threads_for(idx.elements(), num_threads), [&](int64_t task) {
     const int64_t c = total - 1 - task;
     const int64_t t = idx.tensor_of(c);
     const int64_t start = (c - idx.first_chunk(t)) * kChunkElems;
