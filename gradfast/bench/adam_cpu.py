@@ -6,7 +6,8 @@ The model is the foundation issue's 14.5M-parameter LSTM language model (embeddi
 10000x512, two LSTM layers of width 512, decoder 512->10000: 11 fp32 tensors). Gradients
 are random; caches are flushed (a 128 MiB buffer is rewritten) before every timed step.
 Each variant times `clip_grad_norm_(max_norm=1.0)` + `step()` (gradfast: `step()` alone,
-with max_grad_norm=1.0); the median of the repeats is reported.
+with max_grad_norm=1.0); variants are interleaved round by round, and the median
+and minimum of the rounds are reported.
 """
 from __future__ import annotations
 
@@ -39,22 +40,24 @@ def flush_caches() -> None:
     _FLUSH.add_(1.0)
 
 
-def bench(name, params, make_opt, clip: bool, repeats: int, warmup: int = 3):
-    opt = make_opt(params)
-    times = []
+def run_interleaved(variants, repeats: int, warmup: int = 3):
+    """Times every variant once per round, rounds interleaved, so that load changes on a
+    shared machine hit all variants alike. variants: name -> (params, optimizer, clip)."""
+    times = {name: [] for name in variants}
     for i in range(warmup + repeats):
-        for p in params:
-            p.grad.copy_(p.grad_src)
-        flush_caches()
-        t0 = time.perf_counter()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        t1 = time.perf_counter()
-        if i >= warmup:
-            times.append(t1 - t0)
-    return {"name": name, "median_ms": statistics.median(times) * 1e3,
-            "min_ms": min(times) * 1e3}
+        for name, (params, opt, clip) in variants.items():
+            for p in params:
+                p.grad.copy_(p.grad_src)
+            flush_caches()
+            t0 = time.perf_counter()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            t1 = time.perf_counter()
+            if i >= warmup:
+                times[name].append(t1 - t0)
+    return [{"name": name, "median_ms": statistics.median(ts) * 1e3, "min_ms": min(ts) * 1e3}
+            for name, ts in times.items()]
 
 
 def main(argv=None) -> int:
@@ -84,7 +87,7 @@ def main(argv=None) -> int:
     except (ImportError, AttributeError):
         pass
     only = set(args.only.split(",")) if args.only else None
-    results = []
+    built = {}
     for name, (mk, clip) in variants.items():
         if only and name not in only:
             continue
@@ -93,7 +96,8 @@ def main(argv=None) -> int:
         for p, q in zip(ps, params):
             p.grad_src = q.grad_src
             p.grad = torch.empty_like(p)
-        results.append(bench(name, ps, mk, clip, args.repeats))
+        built[name] = (ps, mk(ps), clip)
+    results = run_interleaved(built, args.repeats)
     print(f"params: {n} in {len(params)} tensors, threads: {torch.get_num_threads()}")
     for r in results:
         print(f"{r['name']:<36} median {r['median_ms']:8.2f} ms   min {r['min_ms']:8.2f} ms")

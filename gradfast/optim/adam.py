@@ -61,7 +61,7 @@ from .. import _ops, _torch_fallback
 from .._native import DTYPE_CODES
 from .._norm_kind import norm_kind, parse_norm_type
 from .._tensor_lists import group_by_device_dtype, is_dense, native_supported
-from ..clip import _check_empty, _native_ok, _norms
+from ..clip import _check_empty, _norms
 
 __all__ = ["Adam", "AdamW"]
 
@@ -222,6 +222,7 @@ class Adam(torch.optim.Optimizer):
             for key, default in _EXTRA_DEFAULTS.items():
                 group.setdefault(key, defaults.get(key, default))
         # torch's state may hold CPU (or Python number) steps: converted lazily by step().
+        self.__dict__["_checked_state"] = {}
         self.__dict__.setdefault("grad_norm", None)
         self.__dict__.setdefault("skipped_steps", None)
         self.__dict__.setdefault("_step_supports_amp_scaling", True)
@@ -231,6 +232,7 @@ class Adam(torch.optim.Optimizer):
     def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
                     steps, grad_copies) -> None:
         amsgrad = group["amsgrad"]
+        checked = self._checked
         for p in group["params"]:
             g = p.grad
             if g is None:
@@ -239,23 +241,35 @@ class Adam(torch.optim.Optimizer):
                 raise RuntimeError(
                     "Adam does not support sparse gradients, please consider SparseAdam instead"
                 )
-            if not native_supported(p):
-                raise RuntimeError(self._unsupported_message(p, group))
             state = self.state[p]
             if len(state) == 0:
+                if not native_supported(p):
+                    raise RuntimeError(self._unsupported_message(p, group))
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if amsgrad:
                     state["max_exp_avg_sq"] = torch.zeros_like(
                         p, memory_format=torch.preserve_format)
-            else:
+            # The layout checks run once per (param, state tensors): a steady-state step
+            # only compares object identities.
+            seen = checked.get(p)
+            if (seen is None or seen[0] is not state["step"]
+                    or seen[1] is not state.get("exp_avg")
+                    or seen[2] is not state.get("exp_avg_sq")
+                    or (amsgrad and seen[3] is not state.get("max_exp_avg_sq"))
+                    or seen[4] != p.data_ptr()):
+                if not native_supported(p):
+                    raise RuntimeError(self._unsupported_message(p, group))
                 self._normalise_state(p, state, amsgrad)
+                checked[p] = (state["step"], state["exp_avg"], state["exp_avg_sq"],
+                              state["max_exp_avg_sq"] if amsgrad else None, p.data_ptr())
             if g.dtype != p.dtype or g.device != p.device:
                 raise RuntimeError(
                     f"gradfast.optim.{type(self).__name__}: a gradient of dtype {g.dtype} on "
                     f"{g.device} for a parameter of dtype {p.dtype} on {p.device}")
-            if g.stride() != p.stride() or not native_supported(g):
+            if g.stride() != p.stride() or (type(g) is not torch.Tensor
+                                            and not native_supported(g)):
                 # The kernels walk p, grad and the moments in one memory order.
                 copy = torch.empty_like(p)
                 copy.copy_(g)
@@ -268,6 +282,13 @@ class Adam(torch.optim.Optimizer):
             if amsgrad:
                 max_exp_avg_sqs.append(state["max_exp_avg_sq"])
             steps.append(state["step"])
+
+    @property
+    def _checked(self) -> Dict:
+        c = self.__dict__.get("_checked_state")
+        if c is None:
+            c = self.__dict__["_checked_state"] = {}
+        return c
 
     @staticmethod
     def _normalise_state(p: Tensor, state: Dict[str, Any], amsgrad: bool) -> None:
@@ -307,8 +328,8 @@ class Adam(torch.optim.Optimizer):
     # ---- step --------------------------------------------------------------------------
 
     def _global_norm(self, grads: List[Tensor], norm_type: float) -> Tensor:
-        kind = norm_kind(norm_type)
-        if kind is None or not _native_ok(grads):
+        # The grads passed _init_group's checks: dense, of native dtypes and devices.
+        if norm_kind(norm_type) is None:
             return _torch_fallback.total_norm(grads, norm_type)
         _check_empty(grads, norm_type)
         return _norms(grads, norm_type, 1.0)[0]
