@@ -69,7 +69,8 @@ def test_parity_with_torch_fused(dtype, cfg):
         set_grads([ours, ref], random_grads(base, gen))
         opt.step()
         opt_r.step()
-    assert_state_close(opt, ours, opt_r, ref, **TOL[dtype])
+    # adam_math.h is torch's fused CUDA update operation for operation: bitwise equal.
+    assert_state_close(opt, ours, opt_r, ref, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -1,18 +1,23 @@
 // Per-element math of the fused Adam/AdamW step, shared by the CPU loops and the CUDA
 // kernels (written once, compiled by the host compiler and by nvcc).
 //
-// It reproduces torch's fused CUDA kernel (aten fused_adam_utils.cuh, torch 2.13) to
-// rounding:
-//   - the math type M is fp32 for fp32/fp16/bf16 storage and fp64 for fp64 (torch's opmath);
-//   - lr, betas, eps and weight decay are doubles, so the products and sums that mix them
-//     with an M value are evaluated in double and rounded to M once (torch's `grad += param *
-//     weight_decay`, `exp_avg = beta1 * exp_avg + (1 - beta1) * grad`, ... with an fp32 left
-//     hand side);
-//   - the bias corrections are computed in double from the fp32 step count and rounded to M:
-//     bc1 = M(1 - beta1^step), bc2_sqrt = M(sqrt(1 - beta2^step)), step_size = M(lr / bc1);
-//   - sqrt(v) / bc2_sqrt and step_size * m / denom are M operations.
-// torch's fused CPU kernel does the same update entirely in M (with a lerp for exp_avg), so
-// against it results agree to a few ulps, not bitwise.
+// It reproduces torch's fused CUDA kernel (aten/src/ATen/native/cuda/fused_adam_utils.cuh,
+// FusedAdamMathFunctor, as in torch 2.11 .. 2.13) operation for operation:
+//   - everything is computed in the math type M: fp32 for fp32/fp16/bf16 storage, fp64 for
+//     fp64 (torch's opmath); lr, betas, eps and weight decay are first rounded to M;
+//   - bias corrections from the step count rounded to M: bc1 = 1 - pow(beta1, step),
+//     bc2_sqrt = sqrt(1 - pow(beta2, step)), step_size = lr / bc1 (all in M);
+//   - the moments with torch's explicit FMAs: m = fma(b1, m, fma(-b1, g, g)),
+//     v = fma(b2, v, fma(-b2, g*g, g*g));
+//   - L2 decay g = fma(p, wd, g) and decoupled decay p = fma(-(lr*wd), p, p): the
+//     contractions nvcc makes of torch's `grad += param * weight_decay` and
+//     `param -= lr * weight_decay * param`, written out so that the host compiler gives
+//     the same bits;
+//   - denom = sqrt(v) / bc2_sqrt + eps and p -= step_size * m / denom.
+// On CUDA the result is bitwise torch's. On the host pow is the C library's powf, which can
+// differ from CUDA's in the last ulp of a bias correction. torch's fused CPU kernel
+// computes the same update with other formulas (a lerp for exp_avg, a multiply for the
+// decoupled decay), so against it results agree to a few ulps, not bitwise.
 //
 // gradfast's additions, in this order within one element (documented in gradfast.optim):
 //   g = grad / grad_scale              (GradScaler; the unscaled grad is what is stored back)
@@ -28,28 +33,26 @@
 #include <cstdint>
 
 #include "dtype.h"
-#include "norm_math.h"
 #include "macros.h"
+#include "norm_math.h"
 
 namespace gradfast {
 
 enum class WeightDecayMode : int { None = 0, L2 = 1, Decoupled = 2 };
 
-// Per-step scalars of one tensor, all held in doubles. step_size, bc2_sqrt and clip_coef
-// hold values of the math type M exactly (they were rounded to M when computed).
+// Per-step scalars of one tensor, each already rounded to the math type M (and held in a
+// double, which represents every M value exactly).
 struct AdamScalars {
-  double beta1, beta2;
-  double one_minus_beta1, one_minus_beta2;  // 1 - beta, evaluated in double as torch does
-  double eps;
+  double beta1, beta2, eps;
   double weight_decay;  // L2 coefficient (L2 mode)
-  double lr_wd;         // lr * weight_decay (decoupled mode)
+  double lr_wd;         // M(lr) * M(weight_decay) in M (decoupled mode)
   double l1;            // l1_weight_decay
-  double grad_sign;     // -1 with maximize, else 1 (exact either way)
   double grad_scale;    // GradScaler's scale (unscale mode only)
-  double clip_coef;     // clip coefficient in M (1 when not clipping)
-  double step_size;     // M(lr / M(1 - beta1^step))
-  double bc2_sqrt;      // M(sqrt(1 - beta2^step))
+  double clip_coef;     // clip coefficient (1 when not clipping)
+  double step_size;     // lr / bc1
+  double bc2_sqrt;      // sqrt(1 - beta2^step)
   bool clip;            // whether clip_coef applies (matters only with unscaling)
+  bool maximize;
 };
 
 // Compile-time (CPU) or run-time (CUDA) switches of the element function.
@@ -60,16 +63,33 @@ struct AdamFlags {
   bool unscale;  // divide the grad by grad_scale and store the unscaled grad back
 };
 
-// The bias corrections and step size of torch's fused kernel for a step count (already
-// incremented) of one tensor.
-template <typename M>
-GF_HD void adam_bias_correction(double lr, double beta1, double beta2, float step,
-                                M& step_size, M& bc2_sqrt) {
-  const double bc1 = 1.0 - std::pow(beta1, (double)step);
-  const double bc2 = 1.0 - std::pow(beta2, (double)step);
-  const M bc1_m = (M)bc1;
-  bc2_sqrt = (M)std::sqrt(bc2);
-  step_size = (M)(lr / (double)bc1_m);
+GF_HD float gf_fma(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return fmaf(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+GF_HD double gf_fma(double a, double b, double c) {
+#if defined(__CUDA_ARCH__)
+  return ::fma(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+GF_HD float gf_pow(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return powf(a, b);
+#else
+  return std::pow(a, b);
+#endif
+}
+GF_HD double gf_pow(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return ::pow(a, b);
+#else
+  return std::pow(a, b);
+#endif
 }
 
 template <typename M>
@@ -84,22 +104,25 @@ template <typename T>
 GF_HD void adam_element(const AdamFlags& f, const AdamScalars& s, math_t<T>& p, math_t<T>& g,
                         math_t<T>& m, math_t<T>& v, math_t<T>& vmax) {
   using M = math_t<T>;
-  using D = double;
-  if (f.unscale) g = (M)((D)g / s.grad_scale);
-  M gr = g;
-  if (!f.unscale || s.clip) gr = round_to<T>(gr * (M)s.clip_coef);
-  gr = gr * (M)s.grad_sign;
-  if (f.wd == WeightDecayMode::L2) gr = (M)((D)gr + (D)p * s.weight_decay);
-  if (f.l1) gr = (M)((D)gr + s.l1 * (D)sign_of(p));
-  if (f.wd == WeightDecayMode::Decoupled) p = (M)((D)p - s.lr_wd * (D)p);
-  m = (M)(s.beta1 * (D)m + s.one_minus_beta1 * (D)gr);
-  v = (M)(s.beta2 * (D)v + s.one_minus_beta2 * (D)gr * (D)gr);
+  if (f.unscale) g = g / (M)s.grad_scale;
+  // Branch-free, so that the CPU loops vectorise: a select for the clip, and maximize as a
+  // multiplication by -1 (exactly a negation).
+  const M clipped = round_to<T>(g * (M)s.clip_coef);
+  M gr = (!f.unscale || s.clip) ? clipped : g;
+  gr = gr * (s.maximize ? (M)-1 : (M)1);
+  if (f.wd == WeightDecayMode::L2) gr = gf_fma(p, (M)s.weight_decay, gr);
+  if (f.l1) gr = gr + (M)s.l1 * sign_of(p);  // l1 * sign(p) is exact
+  if (f.wd == WeightDecayMode::Decoupled) p = gf_fma(-(M)s.lr_wd, p, p);
+  const M b1 = (M)s.beta1, b2 = (M)s.beta2;
+  m = gf_fma(b1, m, gf_fma(-b1, gr, gr));
+  const M g2 = gr * gr;
+  v = gf_fma(b2, v, gf_fma(-b2, g2, g2));
   M vv = v;
   if (f.amsgrad) {
     vmax = (vmax < v) ? v : vmax;  // std::max(vmax, v), as torch
     vv = vmax;
   }
-  const M denom = (M)((D)(std::sqrt(vv) / (M)s.bc2_sqrt) + s.eps);
+  const M denom = std::sqrt(vv) / (M)s.bc2_sqrt + (M)s.eps;
   p = p - (M)s.step_size * m / denom;
 }
 
@@ -183,28 +206,29 @@ struct AdamHyper {
   bool maximize;
 };
 
-// Per-tensor scalars for a step count (already incremented) of a tensor of storage dtype T.
+// Per-tensor scalars for a step count (already incremented) of a tensor of storage dtype T,
+// computed in its math type as torch's kernel does.
 template <typename T>
 GF_HD AdamScalars adam_scalars(const AdamHyper& h, const AdamDecision& d, float step) {
   using M = math_t<T>;
   AdamScalars s;
-  s.beta1 = h.beta1;
-  s.beta2 = h.beta2;
-  s.one_minus_beta1 = 1.0 - h.beta1;
-  s.one_minus_beta2 = 1.0 - h.beta2;
-  s.eps = h.eps;
-  s.weight_decay = h.weight_decay;
-  s.lr_wd = d.lr * h.weight_decay;
-  s.l1 = h.l1;
-  s.grad_sign = h.maximize ? -1.0 : 1.0;
-  s.grad_scale = d.grad_scale;
+  const M lr = (M)d.lr, b1 = (M)h.beta1, b2 = (M)h.beta2, wd = (M)h.weight_decay;
+  const M t = (M)step;
+  const M bc1 = (M)1 - gf_pow(b1, t);
+  const M bc2 = (M)1 - gf_pow(b2, t);
+  s.beta1 = b1;
+  s.beta2 = b2;
+  s.eps = (M)h.eps;
+  s.weight_decay = wd;
+  s.lr_wd = (M)(lr * wd);
+  s.l1 = (M)h.l1;
+  s.grad_scale = (M)d.grad_scale;
   // The coefficient multiplies grads in their math type, as torch's _foreach_mul_.
-  s.clip_coef = (double)(M)d.clip_coef;
+  s.clip_coef = (M)d.clip_coef;
   s.clip = d.clip;
-  M step_size, bc2_sqrt;
-  adam_bias_correction<M>(d.lr, h.beta1, h.beta2, step, step_size, bc2_sqrt);
-  s.step_size = (double)step_size;
-  s.bc2_sqrt = (double)bc2_sqrt;
+  s.maximize = h.maximize;
+  s.step_size = (M)(lr / bc1);
+  s.bc2_sqrt = (M)std::sqrt(bc2);
   return s;
 }
 

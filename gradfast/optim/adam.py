@@ -192,8 +192,22 @@ class Adam(torch.optim.Optimizer):
         # Like torch's fused optimizers: GradScaler hands over grad_scale / found_inf and the
         # kernel unscales and skips on the device.
         self._step_supports_amp_scaling = True
-        self.grad_norm: Optional[Tensor] = None
-        self.skipped_steps: Optional[Tensor] = None
+        # Mutated (never reassigned) by step(), which torch.compile traces more easily.
+        self._gf_results: Dict[str, Optional[Tensor]] = {"grad_norm": None,
+                                                         "skipped_steps": None}
+        self._checked_state: Dict = {}
+
+    @property
+    def grad_norm(self) -> Optional[Tensor]:
+        """The global grad norm before clipping of the last step that clipped or skipped (a
+        0-d tensor on the first parameter's device; of the unscaled grads under GradScaler)."""
+        return self._gf_results["grad_norm"]
+
+    @property
+    def skipped_steps(self) -> Optional[Tensor]:
+        """int64 0-d device tensor: steps skipped on the device (non-finite global norm with
+        skip_nonfinite, or GradScaler's found_inf). None before the first step."""
+        return self._gf_results["skipped_steps"]
 
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -222,17 +236,17 @@ class Adam(torch.optim.Optimizer):
             for key, default in _EXTRA_DEFAULTS.items():
                 group.setdefault(key, defaults.get(key, default))
         # torch's state may hold CPU (or Python number) steps: converted lazily by step().
-        self.__dict__["_checked_state"] = {}
-        self.__dict__.setdefault("grad_norm", None)
-        self.__dict__.setdefault("skipped_steps", None)
-        self.__dict__.setdefault("_step_supports_amp_scaling", True)
+        self._checked_state = {}
+        if "_gf_results" not in self.__dict__:
+            self._gf_results = {"grad_norm": None, "skipped_steps": None}
+        self._step_supports_amp_scaling = True
 
     # ---- state -------------------------------------------------------------------------
 
     def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
                     steps, grad_copies) -> None:
         amsgrad = group["amsgrad"]
-        checked = self._checked
+        checked = self._checked_state
         for p in group["params"]:
             g = p.grad
             if g is None:
@@ -282,13 +296,6 @@ class Adam(torch.optim.Optimizer):
             if amsgrad:
                 max_exp_avg_sqs.append(state["max_exp_avg_sq"])
             steps.append(state["step"])
-
-    @property
-    def _checked(self) -> Dict:
-        c = self.__dict__.get("_checked_state")
-        if c is None:
-            c = self.__dict__["_checked_state"] = {}
-        return c
 
     @staticmethod
     def _normalise_state(p: Tensor, state: Dict[str, Any], amsgrad: bool) -> None:
@@ -386,9 +393,12 @@ class Adam(torch.optim.Optimizer):
                 norm_types.add(parse_norm_type(group["grad_norm_type"]))
         if not work:
             return
+        results = self._gf_results
         first_device = work[0][1][0][0].device
-        if self.skipped_steps is None or self.skipped_steps.device != first_device:
-            self.skipped_steps = torch.zeros((), dtype=torch.int64, device=first_device)
+        skipped_steps = results["skipped_steps"]
+        if skipped_steps is None or skipped_steps.device != first_device:
+            skipped_steps = torch.zeros((), dtype=torch.int64, device=first_device)
+            results["skipped_steps"] = skipped_steps
 
         total = None
         if norm_types:
@@ -398,9 +408,9 @@ class Adam(torch.optim.Optimizer):
                     f"grad_norm_type, got {sorted(norm_types)}")
             total = self._global_norm(all_grads, norm_types.pop())
             if grad_scale is not None:
-                self.grad_norm = total / grad_scale.to(total.device, non_blocking=True)
+                results["grad_norm"] = total / grad_scale.to(total.device, non_blocking=True)
             else:
-                self.grad_norm = total
+                results["grad_norm"] = total
 
         scale_by_dev: Dict = {}
         inf_by_dev: Dict = {}
@@ -429,8 +439,8 @@ class Adam(torch.optim.Optimizer):
                 else:
                     lr_t, lr_f = None, float(lr)
                 skipped = None
-                if not counter_used and device == self.skipped_steps.device:
-                    skipped, counter_used = self.skipped_steps, True
+                if not counter_used and device == skipped_steps.device:
+                    skipped, counter_used = skipped_steps, True
                 _ops.group_adam(
                     sub[0], sub[1], sub[2], sub[3], sub_max, sub_steps, lr_f, lr_t, beta1,
                     beta2, float(group["eps"]), wd, wd_mode, float(group["l1_weight_decay"]),
