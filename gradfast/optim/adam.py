@@ -67,6 +67,20 @@ __all__ = ["Adam", "AdamW"]
 
 _WD_NONE, _WD_L2, _WD_DECOUPLED = 0, 1, 2
 
+_NATIVE_DTYPES = tuple(DTYPE_CODES)
+
+
+def _split(tensors: List[Tensor]):
+    """[(device, indices or None)] per (device, dtype) of tensors, in order of appearance;
+    None stands for "all of them", the common case, found without building index lists."""
+    first = tensors[0]
+    dev0, dt0 = first.get_device(), first.dtype
+    for t in tensors:
+        if t.dtype is not dt0 or t.get_device() != dev0:
+            return [(device, idx) for (device, _), idx in group_by_device_dtype(tensors).items()]
+    return [(first.device, None)]
+
+
 _EXTRA_DEFAULTS = {
     "max_grad_norm": None,
     "grad_norm_type": 2.0,
@@ -334,11 +348,14 @@ class Adam(torch.optim.Optimizer):
 
     # ---- step --------------------------------------------------------------------------
 
-    def _global_norm(self, grads: List[Tensor], norm_type: float) -> Tensor:
+    def _global_norm(self, grads: List[Tensor], norm_type: float, one_group: bool) -> Tensor:
         # The grads passed _init_group's checks: dense, of native dtypes and devices.
-        if norm_kind(norm_type) is None:
+        kind = norm_kind(norm_type)
+        if kind is None:
             return _torch_fallback.total_norm(grads, norm_type)
         _check_empty(grads, norm_type)
+        if one_group:
+            return _ops.group_norm(grads, norm_type, kind, 1.0)[0]
         return _norms(grads, norm_type, 1.0)[0]
 
     @staticmethod
@@ -387,7 +404,7 @@ class Adam(torch.optim.Optimizer):
             self._init_group(group, *lists, copies)
             if not lists[0]:
                 continue
-            work.append((group, lists, copies))
+            work.append((group, lists, copies, _split(lists[0])))
             all_grads.extend(lists[1])
             if group["max_grad_norm"] is not None or group["skip_nonfinite"]:
                 norm_types.add(parse_norm_type(group["grad_norm_type"]))
@@ -406,7 +423,9 @@ class Adam(torch.optim.Optimizer):
                 raise ValueError(
                     "parameter groups that clip or skip non-finite steps must use the same "
                     f"grad_norm_type, got {sorted(norm_types)}")
-            total = self._global_norm(all_grads, norm_types.pop())
+            one_group = len(work) == 1 and len(work[0][3]) == 1 or (
+                len(_split(all_grads)) == 1)
+            total = self._global_norm(all_grads, norm_types.pop(), one_group)
             if grad_scale is not None:
                 results["grad_norm"] = total / grad_scale.to(total.device, non_blocking=True)
             else:
@@ -416,7 +435,7 @@ class Adam(torch.optim.Optimizer):
         inf_by_dev: Dict = {}
         total_by_dev: Dict = {}
         counter_used = False
-        for group, lists, copies in work:
+        for group, lists, copies, split in work:
             params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps = lists
             lr = group["lr"]
             beta1, beta2 = (_value(b) for b in group["betas"])
@@ -429,10 +448,14 @@ class Adam(torch.optim.Optimizer):
             clip = max_norm is not None
             skip_nonfinite = bool(group["skip_nonfinite"])
             lr_by_dev: Dict = {}
-            for (device, _dtype), idx in group_by_device_dtype(params).items():
-                sub = [[lst[i] for i in idx] for lst in (params, grads, exp_avgs, exp_avg_sqs)]
-                sub_max = [max_sqs[i] for i in idx] if group["amsgrad"] else []
-                sub_steps = [steps[i] for i in idx]
+            for device, idx in split:
+                if idx is None:
+                    sub = (params, grads, exp_avgs, exp_avg_sqs)
+                    sub_max, sub_steps = max_sqs, steps
+                else:
+                    sub = [[lst[i] for i in idx] for lst in (params, grads, exp_avgs, exp_avg_sqs)]
+                    sub_max = [max_sqs[i] for i in idx] if group["amsgrad"] else []
+                    sub_steps = [steps[i] for i in idx]
                 if isinstance(lr, Tensor):
                     lr_t = self._on(lr_by_dev, lr, device, (torch.float32, torch.float64))
                     lr_f = 0.0
@@ -447,7 +470,7 @@ class Adam(torch.optim.Optimizer):
                     bool(group["maximize"]), bool(group["amsgrad"]),
                     self._on(scale_by_dev, grad_scale, device),
                     self._on(inf_by_dev, found_inf, device),
-                    self._on(total_by_dev, total, device, tuple(DTYPE_CODES))
+                    self._on(total_by_dev, total, device, _NATIVE_DTYPES)
                     if (clip or skip_nonfinite) else None,
                     clip, float(max_norm) if clip else 0.0, skip_nonfinite, skipped)
             if grad_scale is not None:
