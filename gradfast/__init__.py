@@ -12,6 +12,7 @@ from .clip import (
     get_total_norm,
 )
 from .config import show_config
+from . import optim  # noqa: E402  (gradfast.optim.Adam / AdamW)
 
 __version__ = _C.__version__
 
@@ -22,5 +23,6 @@ __all__ = [
     "clip_grads_with_norm_",
     "get_total_norm",
     "show_config",
+    "optim",
     "__version__",
 ]
