@@ -105,11 +105,12 @@ GF_HD void adam_element(const AdamFlags& f, const AdamScalars& s, math_t<T>& p, 
                         math_t<T>& m, math_t<T>& v, math_t<T>& vmax) {
   using M = math_t<T>;
   if (f.unscale) g = g / (M)s.grad_scale;
-  // Branch-free, so that the CPU loops vectorise: a select for the clip, and maximize as a
-  // multiplication by -1 (exactly a negation).
-  const M clipped = round_to<T>(g * (M)s.clip_coef);
-  M gr = (!f.unscale || s.clip) ? clipped : g;
-  gr = gr * (s.maximize ? (M)-1 : (M)1);
+  // Clip and maximize in one multiplication by +-coef: rounding is symmetric, so this is
+  // exactly clip-then-negate. Branch-free (a select), so that the CPU loops vectorise.
+  const M sign = s.maximize ? (M)-1 : (M)1;
+  const M clipped = round_to<T>(g * ((M)s.clip_coef * sign));
+  const M gr0 = (!f.unscale || s.clip) ? clipped : g * sign;
+  M gr = gr0;
   if (f.wd == WeightDecayMode::L2) gr = gf_fma(p, (M)s.weight_decay, gr);
   if (f.l1) gr = gr + (M)s.l1 * sign_of(p);  // l1 * sign(p) is exact
   if (f.wd == WeightDecayMode::Decoupled) p = gf_fma(-(M)s.lr_wd, p, p);
