@@ -595,3 +595,34 @@ def test_torch_compile_step_matches_eager():
     for p, q in zip(ours, ref):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     assert float(opt.state[ours[0]]["step"]) == 4.0
+
+
+def test_add_param_group_mid_training_matches_torch():
+    base = make_params(torch.float32, shapes=[(20,), (3, 3), (7,)], seed=17)
+    ours, ref = clone_params(base), clone_params(base)
+    opt = Adam(ours[:2], lr=1e-2)
+    opt_r = torch.optim.Adam(ref[:2], lr=1e-2, fused=True)
+    gen = torch.Generator().manual_seed(14)
+    for i in range(12):
+        if i == 5:
+            opt.add_param_group({"params": [ours[2]], "lr": 3e-2, "weight_decay": 0.1})
+            opt_r.add_param_group({"params": [ref[2]], "lr": 3e-2, "weight_decay": 0.1})
+        set_grads([ours, ref], random_grads(base, gen))
+        opt.step(), opt_r.step()
+    assert opt.param_groups[1]["l1_weight_decay"] == 0.0  # gradfast's extras get defaults
+    assert_state_close(opt, ours, opt_r, ref, **tol(torch.float32))
+
+
+def test_pickled_optimizer_keeps_working():
+    import pickle
+
+    ps = clone_params(make_params(torch.float32, shapes=[(10,)]))
+    opt = AdamW(ps, lr=1e-2, max_grad_norm=1.0)
+    ps[0].grad = torch.ones(10)
+    opt.step()
+    opt2 = pickle.loads(pickle.dumps(opt))
+    assert opt2.param_groups[0]["max_grad_norm"] == 1.0 and opt2.skipped_steps is not None
+    p2 = opt2.param_groups[0]["params"][0]
+    p2.grad = torch.ones(10)
+    opt2.step()
+    assert float(opt2.state[p2]["step"]) == 2.0

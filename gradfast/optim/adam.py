@@ -233,6 +233,11 @@ class Adam(torch.optim.Optimizer):
                     "views)"
                 )
 
+    def __getstate__(self) -> Dict[str, Any]:
+        state = super().__getstate__()
+        state["_gf_results"] = self._gf_results  # pickling keeps grad_norm / skipped_steps
+        return state
+
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
         defaults = self.defaults
