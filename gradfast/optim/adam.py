@@ -41,7 +41,8 @@ skips; ``skipped_steps``: an int64 0-d tensor counting the steps skipped on the 
 
 Works with torch.amp.GradScaler like torch's fused optimizers (``_step_supports_amp_scaling``:
 the gradients are unscaled in the kernel, and written back unscaled; a step with found_inf
-is skipped on the device), with lr schedulers (the lr is read from ``param_groups`` each
+is skipped on the device; any nonzero found_inf skips, where torch's kernel tests for exactly
+1), with lr schedulers (the lr is read from ``param_groups`` each
 step; a Tensor lr is read from device memory by the kernel), with CUDA graph capture when
 ``capturable=True`` and with torch.compile (through torch.library custom ops).
 
