@@ -104,30 +104,32 @@ def _adam_step_op(
     max_norm: float,
     skip_nonfinite: bool,
     skipped: List[torch.Tensor],
+    max_norm_t: Optional[torch.Tensor],
 ) -> None:
     _kernels.group_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, lr_t,
                         beta1, beta2, eps, weight_decay, wd_mode, l1, maximize, amsgrad,
                         grad_scale, found_inf, total, clip, max_norm, skip_nonfinite,
-                        skipped[0] if skipped else None)
+                        skipped[0] if skipped else None, max_norm_t)
 
 
 @_adam_step_op.register_fake
 def _(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, lr_t, beta1, beta2,
       eps, weight_decay, wd_mode, l1, maximize, amsgrad, grad_scale, found_inf, total, clip,
-      max_norm, skip_nonfinite, skipped):
+      max_norm, skip_nonfinite, skipped, max_norm_t):
     return None
 
 
 def group_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, lr_t, beta1,
                beta2, eps, weight_decay, wd_mode, l1, maximize, amsgrad, grad_scale, found_inf,
-               total, clip, max_norm, skip_nonfinite, skipped):
+               total, clip, max_norm, skip_nonfinite, skipped, max_norm_t=None):
     """The fused Adam step of one (device, dtype) group (see _kernels.group_adam)."""
     if compiling():
         return _adam_step_op(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr,
                              lr_t, beta1, beta2, eps, weight_decay, wd_mode, l1, maximize,
                              amsgrad, grad_scale, found_inf, total, clip, max_norm,
-                             skip_nonfinite, [skipped] if skipped is not None else [])
+                             skip_nonfinite, [skipped] if skipped is not None else [],
+                             max_norm_t)
     return _kernels.group_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
                                lr, lr_t, beta1, beta2, eps, weight_decay, wd_mode, l1, maximize,
                                amsgrad, grad_scale, found_inf, total, clip, max_norm,
-                               skip_nonfinite, skipped)
+                               skip_nonfinite, skipped, max_norm_t)

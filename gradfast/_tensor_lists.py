@@ -33,12 +33,16 @@ def is_dense(t: torch.Tensor) -> bool:
 
 
 def native_supported(t: torch.Tensor) -> bool:
-    """Whether the native kernels can take t (otherwise torch's own path is used)."""
+    """Whether the native kernels can take t (otherwise torch's own path is used).
+
+    Inference tensors go to torch, which refuses to update them in place outside
+    inference mode (the kernels' raw writes would bypass that check).
+    """
     return (
         type(t) is torch.Tensor or type(t) is torch.nn.Parameter
     ) and t.layout == torch.strided and t.dtype in DTYPE_CODES and (
         t.device.type == "cpu" or t.device.type == "cuda"
-    ) and is_dense(t)
+    ) and is_dense(t) and not t.is_inference()
 
 
 def group_by_device_dtype(
@@ -56,6 +60,16 @@ def host_args(tensors: Sequence[torch.Tensor]):
     return [t.data_ptr() for t in tensors], [t.numel() for t in tensors]
 
 
+def has_duplicates(ptrs: List[int], numels: List[int]) -> bool:
+    """Whether a non-empty tensor appears more than once (e.g. a parameter listed twice).
+
+    torch scales such a gradient once per occurrence, one tensor after the other; the
+    parallel kernels would race on it, so callers scale those lists with torch's ops.
+    """
+    live = [p for p, n in zip(ptrs, numels) if n > 0]
+    return len(set(live)) != len(live)
+
+
 def chunk_count(numel: int) -> int:
     return -(-numel // CHUNK_ELEMS)
 
@@ -63,7 +77,7 @@ def chunk_count(numel: int) -> int:
 class DeviceList:
     """The device-side table [ptrs, numels, first_chunk] of one CUDA tensor list."""
 
-    __slots__ = ("meta", "n", "n_chunks")
+    __slots__ = ("meta", "n", "n_chunks", "duplicates")
 
     def __init__(self, ptrs: List[int], numels: List[int], device: torch.device) -> None:
         first = [0]
@@ -75,6 +89,7 @@ class DeviceList:
         self.meta = host.to(device, non_blocking=True)
         self.n = len(ptrs)
         self.n_chunks = first[-1]
+        self.duplicates = has_duplicates(ptrs, numels)
 
     def args(self):
         return self.meta.data_ptr(), self.n, self.n_chunks

@@ -626,3 +626,34 @@ def test_pickled_optimizer_keeps_working():
     p2.grad = torch.ones(10)
     opt2.step()
     assert float(opt2.state[p2]["step"]) == 2.0
+
+
+def test_tensor_and_autoclip_max_grad_norm():
+    base = make_params(torch.float32, shapes=[(50,), (6, 6)], seed=18)
+    gen = torch.Generator().manual_seed(15)
+    grads = [random_grads(base, gen, scale=3.0) for _ in range(12)]
+    # A Tensor threshold, changed in place, is read each step.
+    ours, ref = clone_params(base), clone_params(base)
+    thr = torch.tensor(0.5)
+    opt = Adam(ours, lr=1e-2, max_grad_norm=thr)
+    opt_r = torch.optim.Adam(ref, lr=1e-2, fused=True)
+    for i, g in enumerate(grads):
+        thr.fill_(0.5 + 0.1 * i)
+        set_grads([ours, ref], g)
+        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in g]))
+        coef = torch.clamp(thr / (total + 1e-6), max=1.0)
+        for q in ref:
+            q.grad.mul_(coef)
+        opt.step(), opt_r.step()
+    assert_state_close(opt, ours, opt_r, ref, **tol(torch.float32))
+    # gradfast.AutoClip: the optimizer calls its threshold() with the global norm.
+    ours, ref = clone_params(base), clone_params(base)
+    ac, ac_r = gradfast.AutoClip(percentile=50), gradfast.AutoClip(percentile=50)
+    opt = Adam(ours, lr=1e-2, max_grad_norm=ac)
+    opt_r = torch.optim.Adam(ref, lr=1e-2, fused=True)
+    for g in grads:
+        set_grads([ours, ref], g)
+        ac_r(ref)  # standalone AutoClip: record, threshold, scale the grads
+        opt.step(), opt_r.step()
+        assert torch.equal(ac.last_threshold, ac_r.last_threshold)
+    assert_state_close(opt, ours, opt_r, ref, **tol(torch.float32))

@@ -4,7 +4,7 @@
 //   hyper   = (beta1, beta2, eps, weight_decay, l1_weight_decay, maximize)
 //   flags   = (amsgrad, weight_decay_mode, has_l1, unscale)
 //   control = (lr, lr_ptr, lr_dtype, grad_scale_ptr, found_inf_ptr, total_norm_ptr,
-//              total_dtype, clip, max_norm, skip_nonfinite)
+//              total_dtype, clip, max_norm, skip_nonfinite, max_norm_ptr, max_norm_dtype)
 // A pointer of 0 means "absent".
 #include <pybind11/stl.h>
 
@@ -24,7 +24,7 @@ namespace {
 using Hyper = std::tuple<double, double, double, double, double, bool>;
 using Flags = std::tuple<bool, int, bool, bool>;
 using Control = std::tuple<double, intptr_t, int, intptr_t, intptr_t, intptr_t, int, bool, double,
-                           bool>;
+                           bool, intptr_t, int>;
 
 AdamHyper to_hyper(const Hyper& h) {
   return {std::get<0>(h), std::get<1>(h), std::get<2>(h), std::get<3>(h), std::get<4>(h),
@@ -50,6 +50,8 @@ AdamControl to_control(const Control& c) {
   k.clip = std::get<7>(c);
   k.max_norm = std::get<8>(c);
   k.skip_nonfinite = std::get<9>(c);
+  k.max_norm_ptr = cptr<void>(std::get<10>(c));
+  k.max_norm_dtype = std::get<11>(c);
   return k;
 }
 

@@ -1,12 +1,14 @@
 // The fused Adam/AdamW step on CUDA: one launch per (device, dtype) group, one block per
-// tile of kAdamTileElems elements, 16-byte vector loads and stores where every array of the
-// tile is 16-byte aligned. The per-element math is adam_math.h's adam_element, the function
-// the CPU loops run. See adam_cuda.h for the table layout and the step-count protocol.
+// tile of kAdamTileElems elements, 16-byte vector loads and stores (vec_io.cuh, L2-only
+// streaming) where every array of the tile is 16-byte aligned. The per-element math is
+// adam_math.h's adam_element, the function the CPU loops run. See adam_cuda.h for the table
+// layout and the step-count protocol.
 #include <cuda_runtime.h>
 
 #include "../gradfast/adam_math.h"
 #include "adam_cuda.h"
 #include "device_guard.h"
+#include "vec_io.cuh"
 
 namespace gradfast::cuda {
 namespace {
@@ -36,9 +38,8 @@ template <typename T>
 __device__ __forceinline__ void adam_scalar_elem(const AdamFlags& f, const AdamScalars& s, T* p,
                                                  T* g, T* m, T* v, T* vmax, int64_t i) {
   using M = math_t<T>;
-  M pi = load_as_float(p[i]), gi = load_as_float(g[i]), mi = load_as_float(m[i]),
-    vi = load_as_float(v[i]);
-  M xi = f.amsgrad ? load_as_float(vmax[i]) : (M)0;
+  M pi = load_math(p[i]), gi = load_math(g[i]), mi = load_math(m[i]), vi = load_math(v[i]);
+  M xi = f.amsgrad ? load_math(vmax[i]) : (M)0;
   adam_element<T>(f, s, pi, gi, mi, vi, xi);
   p[i] = StoreAs<T>::from(pi);
   m[i] = StoreAs<T>::from(mi);
@@ -46,12 +47,6 @@ __device__ __forceinline__ void adam_scalar_elem(const AdamFlags& f, const AdamS
   if (f.amsgrad) vmax[i] = StoreAs<T>::from(xi);
   if (f.unscale) g[i] = StoreAs<T>::from(gi);
 }
-
-template <typename T>
-struct alignas(16) Pack {
-  static constexpr int kN = 16 / sizeof(T);
-  T x[kN];
-};
 
 template <typename T>
 __global__ void __launch_bounds__(kAdamThreads)
@@ -87,37 +82,40 @@ adam_kernel(const int64_t* __restrict__ meta, int64_t n, AdamHyper h, AdamFlags 
   T* vmax = f.amsgrad ? reinterpret_cast<T*>(meta[4 * n + t]) + tile.start : nullptr;
   const int64_t len = tile.len;
 
-  constexpr int V = Pack<T>::kN;
+  constexpr int V = Vec16<T>::kN;
   const uintptr_t mis = (reinterpret_cast<uintptr_t>(p) | reinterpret_cast<uintptr_t>(g) |
                          reinterpret_cast<uintptr_t>(m) | reinterpret_cast<uintptr_t>(v) |
                          reinterpret_cast<uintptr_t>(vmax)) & 15u;
   int64_t done = 0;
   if (mis == 0) {
     const int64_t nvec = len / V;
+    auto* pv = reinterpret_cast<Vec16<T>*>(p);
+    auto* gv = reinterpret_cast<Vec16<T>*>(g);
+    auto* mv = reinterpret_cast<Vec16<T>*>(m);
+    auto* vv = reinterpret_cast<Vec16<T>*>(v);
+    auto* xv = reinterpret_cast<Vec16<T>*>(vmax);
     for (int64_t j = threadIdx.x; j < nvec; j += kAdamThreads) {
-      Pack<T> pp = reinterpret_cast<const Pack<T>*>(p)[j];
-      Pack<T> gp = reinterpret_cast<const Pack<T>*>(g)[j];
-      Pack<T> mp = reinterpret_cast<const Pack<T>*>(m)[j];
-      Pack<T> vp = reinterpret_cast<const Pack<T>*>(v)[j];
-      Pack<T> xp;
-      if (f.amsgrad) xp = reinterpret_cast<const Pack<T>*>(vmax)[j];
+      Vec16<T> pp = load_vec(pv + j), gp = load_vec(gv + j), mp = load_vec(mv + j),
+               vp = load_vec(vv + j);
+      Vec16<T> xp;
+      if (f.amsgrad) xp = load_vec(xv + j);
 #pragma unroll
       for (int k = 0; k < V; ++k) {
-        M pi = load_as_float(pp.x[k]), gi = load_as_float(gp.x[k]),
-          mi = load_as_float(mp.x[k]), vi = load_as_float(vp.x[k]);
-        M xi = f.amsgrad ? load_as_float(xp.x[k]) : (M)0;
+        M pi = load_math(pp.v[k]), gi = load_math(gp.v[k]), mi = load_math(mp.v[k]),
+          vi = load_math(vp.v[k]);
+        M xi = f.amsgrad ? load_math(xp.v[k]) : (M)0;
         adam_element<T>(f, s, pi, gi, mi, vi, xi);
-        pp.x[k] = StoreAs<T>::from(pi);
-        gp.x[k] = StoreAs<T>::from(gi);
-        mp.x[k] = StoreAs<T>::from(mi);
-        vp.x[k] = StoreAs<T>::from(vi);
-        if (f.amsgrad) xp.x[k] = StoreAs<T>::from(xi);
+        pp.v[k] = StoreAs<T>::from(pi);
+        gp.v[k] = StoreAs<T>::from(gi);
+        mp.v[k] = StoreAs<T>::from(mi);
+        vp.v[k] = StoreAs<T>::from(vi);
+        if (f.amsgrad) xp.v[k] = StoreAs<T>::from(xi);
       }
-      reinterpret_cast<Pack<T>*>(p)[j] = pp;
-      reinterpret_cast<Pack<T>*>(m)[j] = mp;
-      reinterpret_cast<Pack<T>*>(v)[j] = vp;
-      if (f.amsgrad) reinterpret_cast<Pack<T>*>(vmax)[j] = xp;
-      if (f.unscale) reinterpret_cast<Pack<T>*>(g)[j] = gp;
+      store_vec(pv + j, pp);
+      store_vec(mv + j, mp);
+      store_vec(vv + j, vp);
+      if (f.amsgrad) store_vec(xv + j, xp);
+      if (f.unscale) store_vec(gv + j, gp);
     }
     done = nvec * V;
   }

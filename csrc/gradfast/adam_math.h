@@ -157,6 +157,8 @@ struct AdamControl {
   int total_dtype;
   bool clip;                // clip to max_norm (needs total_norm)
   double max_norm;
+  const void* max_norm_ptr; // a device threshold (e.g. AutoClip's), or nullptr to use max_norm
+  int max_norm_dtype;
   bool skip_nonfinite;      // skip the step when the (unscaled) total norm is not finite
 };
 
@@ -171,12 +173,17 @@ struct AdamDecision {
 // torch's clip coefficient for the total norm read from memory, with the total first
 // divided by the grad scale when the grads are still scaled (GradScaler): the clip applies
 // to the unscaled grads.
+// A threshold given as a tensor is applied as torch evaluates
+// clamp(threshold / (total + 1e-6), max=1) on two tensors: a true division.
 template <typename TT>
-GF_HD double adam_clip_coef_t(double total, double scale, double max_norm) {
+GF_HD double adam_clip_coef_t(double total, double scale, double max_norm, bool tensor_max) {
   using A = math_t<TT>;
   A t = (A)total;
   if (scale != 1.0) t = round_to<TT>((A)((double)t / scale));
-  return (double)clip_coefficient<TT>(t, max_norm);
+  if (!tensor_max) return (double)clip_coefficient<TT>(t, max_norm);
+  const A denom = round_to<TT>(t + (A)1e-6);
+  const A coef = round_to<TT>((A)max_norm / denom);
+  return (double)((coef > (A)1) ? (A)1 : coef);  // NaN propagates, as torch.clamp
 }
 
 GF_HD AdamDecision adam_decide(const AdamControl& c) {
@@ -190,11 +197,14 @@ GF_HD AdamDecision adam_decide(const AdamControl& c) {
     const double total = read_scalar(c.total_norm, c.total_dtype);
     if (c.skip_nonfinite && !is_finite_value(total / d.grad_scale)) d.skip = true;
     if (c.clip) {
+      const bool tm = c.max_norm_ptr != nullptr;
+      const double mx = tm ? read_scalar(c.max_norm_ptr, c.max_norm_dtype) : c.max_norm;
+      const double sc = d.grad_scale;
       switch ((DType)c.total_dtype) {
-        case DType::Float32: d.clip_coef = adam_clip_coef_t<float>(total, d.grad_scale, c.max_norm); break;
-        case DType::Float64: d.clip_coef = adam_clip_coef_t<double>(total, d.grad_scale, c.max_norm); break;
-        case DType::Float16: d.clip_coef = adam_clip_coef_t<Half>(total, d.grad_scale, c.max_norm); break;
-        case DType::BFloat16: d.clip_coef = adam_clip_coef_t<BFloat16>(total, d.grad_scale, c.max_norm); break;
+        case DType::Float32: d.clip_coef = adam_clip_coef_t<float>(total, sc, mx, tm); break;
+        case DType::Float64: d.clip_coef = adam_clip_coef_t<double>(total, sc, mx, tm); break;
+        case DType::Float16: d.clip_coef = adam_clip_coef_t<Half>(total, sc, mx, tm); break;
+        case DType::BFloat16: d.clip_coef = adam_clip_coef_t<BFloat16>(total, sc, mx, tm); break;
       }
     }
   }

@@ -10,7 +10,10 @@ fused optimizer, so no step ever synchronises with the device.
 gradfast's keyword-only extras (per parameter group, like every hyperparameter):
 
 ``max_grad_norm`` (None)
-    Clip to this global gradient norm. The norm is taken over the gradients of *all*
+    Clip to this global gradient norm: a number, a 1-element Tensor (read from device
+    memory each step), or an object with a ``threshold(global_norm) -> Tensor`` method
+    such as ``gradfast.AutoClip``, called once per step with the pre-clip global norm;
+    a tensor threshold is applied as ``clamp(threshold / (norm + 1e-6), max=1)``. The norm is taken over the gradients of *all*
     parameters of the optimizer (every group, every device), exactly as
     ``torch.nn.utils.clip_grad_norm_(all_params, max_grad_norm, grad_norm_type)`` would,
     and the update uses ``grad * min(max_grad_norm / (norm + 1e-6), 1)`` rounded to the
@@ -164,9 +167,13 @@ class Adam(torch.optim.Optimizer):
         betas = tuple(map(_to_scalar, betas))
         # gradfast's extras.
         if max_grad_norm is not None:
-            max_grad_norm = float(max_grad_norm)
-            if not max_grad_norm > 0.0:
-                raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}")
+            if isinstance(max_grad_norm, Tensor):
+                if max_grad_norm.numel() != 1:
+                    raise ValueError("Tensor max_grad_norm must be 1-element")
+            elif not callable(getattr(max_grad_norm, "threshold", None)):
+                max_grad_norm = float(max_grad_norm)
+                if not max_grad_norm > 0.0:
+                    raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}")
         grad_norm_type = parse_norm_type(grad_norm_type)
         if math.isnan(grad_norm_type):
             raise ValueError(f"Invalid grad_norm_type value: {grad_norm_type}")
@@ -440,6 +447,7 @@ class Adam(torch.optim.Optimizer):
         scale_by_dev: Dict = {}
         inf_by_dev: Dict = {}
         total_by_dev: Dict = {}
+        thresholds: Dict = {}  # id(max_grad_norm) -> (tensor, {device: tensor})
         counter_used = False
         for group, lists, copies, split in work:
             params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps = lists
@@ -452,6 +460,17 @@ class Adam(torch.optim.Optimizer):
                 wd_mode = _WD_NONE
             max_norm = group["max_grad_norm"]
             clip = max_norm is not None
+            thr = None
+            if clip and (isinstance(max_norm, Tensor)
+                         or callable(getattr(max_norm, "threshold", None))):
+                # A device threshold: a Tensor, or an object such as gradfast.AutoClip whose
+                # threshold(global_norm) returns one (called once per step).
+                hit = thresholds.get(id(max_norm))
+                if hit is None:
+                    t = max_norm if isinstance(max_norm, Tensor) else \
+                        max_norm.threshold(results["grad_norm"])
+                    hit = thresholds[id(max_norm)] = (t, {})
+                thr = hit
             skip_nonfinite = bool(group["skip_nonfinite"])
             lr_by_dev: Dict = {}
             for device, idx in split:
@@ -478,7 +497,9 @@ class Adam(torch.optim.Optimizer):
                     self._on(inf_by_dev, found_inf, device),
                     self._on(total_by_dev, total, device, _NATIVE_DTYPES)
                     if (clip or skip_nonfinite) else None,
-                    clip, float(max_norm) if clip else 0.0, skip_nonfinite, skipped)
+                    clip, float(max_norm) if clip and thr is None else 0.0, skip_nonfinite,
+                    skipped,
+                    self._on(thr[1], thr[0], device, _NATIVE_DTYPES) if thr is not None else None)
             if grad_scale is not None:
                 for orig, copy in copies:
                     orig.copy_(copy)
