@@ -13,6 +13,7 @@ from .clip import (
 )
 from .config import show_config
 from .health import AutoClip, GradMonitor, adaptive_clip_grad_, grad_norms
+from . import optim  # noqa: E402  (gradfast.optim.Adam / AdamW)
 
 __version__ = _C.__version__
 
@@ -27,5 +28,6 @@ __all__ = [
     "GradMonitor",
     "AutoClip",
     "adaptive_clip_grad_",
+    "optim",
     "__version__",
 ]

@@ -7,6 +7,7 @@
 #include "../gradfast/dtype.h"
 #include "../gradfast/norm_math.h"
 #include "cpu_kernels.h"
+#include "isa_adam_impl.h"
 
 namespace gradfast::cpu::GF_ISA_NS {
 
@@ -61,7 +62,7 @@ void clamp_range(void* x, int64_t n, DType dt, double lo, double hi) {
 }
 
 const CpuKernels& table() {
-  static const CpuKernels k{GF_ISA_NAME, &norm_range, &scale_range, &clamp_range};
+  static const CpuKernels k{GF_ISA_NAME, &norm_range, &scale_range, &clamp_range, &adam_range};
   return k;
 }
 
