@@ -39,9 +39,14 @@ inline int threads_for(int64_t elements, int num_threads) {
 }
 
 // Runs fn(chunk, tensor, first_element, length) over all chunks of all tensors, in parallel.
+// With reverse=true chunks are handed out last first: a pass that follows a front-to-back
+// norm pass then starts on the data most likely to still be in the last-level cache.
 template <typename Fn>
-void for_each_chunk(const TensorList& tl, const ChunkIndex& idx, int num_threads, Fn&& fn) {
-  parallel_for(idx.total(), threads_for(idx.elements(), num_threads), [&](int64_t c) {
+void for_each_chunk(const TensorList& tl, const ChunkIndex& idx, int num_threads, Fn&& fn,
+                    bool reverse = false) {
+  const int64_t total = idx.total();
+  parallel_for(total, threads_for(idx.elements(), num_threads), [&](int64_t task) {
+    const int64_t c = reverse ? total - 1 - task : task;
     const int64_t t = idx.tensor_of(c);
     const int64_t start = (c - idx.first_chunk(t)) * kChunkElems;
     fn(c, t, start, std::min(kChunkElems, tl.numels[t] - start));

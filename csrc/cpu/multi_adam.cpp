@@ -30,20 +30,18 @@ void adam_step(const AdamLists& l, DType dt, const AdamHyper& hyper, const AdamF
   }
   const TensorList tl{l.p, l.numels, l.n};
   const ChunkIndex idx(tl);
-  const int64_t total = idx.total();
   const CpuKernels& k = best_kernels();
   const int64_t esize = dtype_size(dt);
-  parallel_for(total, threads_for(idx.elements(), num_threads), [&](int64_t task) {
-    const int64_t c = total - 1 - task;
-    const int64_t t = idx.tensor_of(c);
-    const int64_t start = (c - idx.first_chunk(t)) * kChunkElems;
-    const int64_t off = start * esize;
-    auto at = [off](void* base) { return base ? static_cast<char*>(base) + off : nullptr; };
-    const AdamRange r{at(l.p[t]), at(l.g[t]), at(l.m[t]), at(l.v[t]),
-                      l.vmax ? at(l.vmax[t]) : nullptr,
-                      std::min(kChunkElems, l.numels[t] - start)};
-    k.adam_range(r, dt, flags, scalars[t]);
-  });
+  for_each_chunk(
+      tl, idx, num_threads,
+      [&](int64_t, int64_t t, int64_t start, int64_t len) {
+        const int64_t off = start * esize;
+        auto at = [off](void* base) { return base ? static_cast<char*>(base) + off : nullptr; };
+        const AdamRange r{at(l.p[t]), at(l.g[t]), at(l.m[t]), at(l.v[t]),
+                          l.vmax ? at(l.vmax[t]) : nullptr, len};
+        k.adam_range(r, dt, flags, scalars[t]);
+      },
+      /*reverse=*/true);
   for (int64_t t = 0; t < l.n; ++t) *l.step[t] = new_step[t];
 }
 
