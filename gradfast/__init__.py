@@ -12,6 +12,8 @@ from .clip import (
     get_total_norm,
 )
 from .config import show_config
+from .health import AutoClip, GradMonitor, adaptive_clip_grad_, grad_norms
+from . import optim  # noqa: E402  (gradfast.optim.Adam / AdamW)
 
 __version__ = _C.__version__
 
@@ -22,5 +24,10 @@ __all__ = [
     "clip_grads_with_norm_",
     "get_total_norm",
     "show_config",
+    "grad_norms",
+    "GradMonitor",
+    "AutoClip",
+    "adaptive_clip_grad_",
+    "optim",
     "__version__",
 ]

@@ -5,12 +5,30 @@ device (see _tensor_lists.native_supported). Nothing here synchronises with a de
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
+from torch.autograd.graph import increment_version
 
 from ._native import _C, DTYPE_CODES, MATH_DTYPE
-from ._tensor_lists import current_stream, device_list, host_args, norm_workspace
+from ._tensor_lists import (
+    adam_device_list,
+    adam_workspace,
+    current_stream,
+    device_list,
+    has_duplicates,
+    host_args,
+    norm_workspace,
+)
+
+
+def _bump_versions(tensors: List[torch.Tensor]) -> None:
+    """The kernels write through raw pointers: tell autograd, as torch's in-place ops do."""
+    try:
+        increment_version(tensors)
+    except (TypeError, RuntimeError):  # older torch takes one tensor at a time
+        for t in tensors:
+            increment_version(t)
 
 
 def group_norm(
@@ -46,10 +64,24 @@ def group_scale_(tensors: List[torch.Tensor], coef: torch.Tensor) -> None:
     code = DTYPE_CODES[first.dtype]
     if first.device.type == "cpu":
         ptrs, numels = host_args(tensors)
+        if has_duplicates(ptrs, numels):
+            _scale_one_by_one(tensors, coef)
+            return
         _C.cpu_multi_scale(ptrs, numels, code, coef.data_ptr(), torch.get_num_threads())
     else:
-        _C.cuda_multi_scale(*device_list(tensors).args(), code, coef.data_ptr(),
-                            first.device.index, current_stream(first.device))
+        dl = device_list(tensors)
+        if dl.duplicates:
+            _scale_one_by_one(tensors, coef)
+            return
+        _C.cuda_multi_scale(*dl.args(), code, coef.data_ptr(), first.device.index,
+                            current_stream(first.device))
+    _bump_versions(tensors)
+
+
+def _scale_one_by_one(tensors: List[torch.Tensor], coef: torch.Tensor) -> None:
+    # A tensor listed twice is scaled twice, in order, as torch's per-tensor mul_ does.
+    for t in tensors:
+        t.mul_(coef)
 
 
 def group_clamp_(tensors: List[torch.Tensor], lo: float, hi: float) -> None:
@@ -62,3 +94,71 @@ def group_clamp_(tensors: List[torch.Tensor], lo: float, hi: float) -> None:
     else:
         _C.cuda_multi_clamp(*device_list(tensors).args(), code, lo, hi, first.device.index,
                             current_stream(first.device))
+    _bump_versions(tensors)
+
+
+def _ptr(t: Optional[torch.Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def group_adam(
+    params: List[torch.Tensor],
+    grads: List[torch.Tensor],
+    exp_avgs: List[torch.Tensor],
+    exp_avg_sqs: List[torch.Tensor],
+    max_exp_avg_sqs: List[torch.Tensor],
+    steps: List[torch.Tensor],
+    lr: float,
+    lr_t: Optional[torch.Tensor],
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    wd_mode: int,
+    l1: float,
+    maximize: bool,
+    amsgrad: bool,
+    grad_scale: Optional[torch.Tensor],
+    found_inf: Optional[torch.Tensor],
+    total: Optional[torch.Tensor],
+    clip: bool,
+    max_norm: float,
+    skip_nonfinite: bool,
+    skipped: Optional[torch.Tensor],
+    max_norm_t: Optional[torch.Tensor] = None,
+) -> None:
+    """One fused Adam step over one (device, dtype) group, in one pass (one launch on CUDA).
+
+    Every tensor argument is on the group's device: lr_t (fp32/fp64), grad_scale and
+    found_inf (fp32), total (the global grad norm, any float dtype), skipped (int64). Steps
+    are fp32 0-d tensors. max_norm_t, when given, is a device threshold (any float dtype)
+    used instead of max_norm. Nothing here synchronises with the device.
+    """
+    first = params[0]
+    code = DTYPE_CODES[first.dtype]
+    hyper = (beta1, beta2, eps, weight_decay, l1, maximize)
+    flags = (amsgrad, wd_mode, l1 != 0.0, grad_scale is not None)
+    control = (lr, _ptr(lr_t), DTYPE_CODES[lr_t.dtype] if lr_t is not None else 0,
+               _ptr(grad_scale), _ptr(found_inf), _ptr(total),
+               DTYPE_CODES[total.dtype] if total is not None else 0, clip, max_norm,
+               skip_nonfinite, _ptr(max_norm_t),
+               DTYPE_CODES[max_norm_t.dtype] if max_norm_t is not None else 0)
+    if first.device.type == "cpu":
+        _C.cpu_adam_step(
+            [t.data_ptr() for t in params], [t.data_ptr() for t in grads],
+            [t.data_ptr() for t in exp_avgs], [t.data_ptr() for t in exp_avg_sqs],
+            [t.data_ptr() for t in max_exp_avg_sqs] if amsgrad else [],
+            [t.data_ptr() for t in steps], [t.numel() for t in params], code, hyper, flags,
+            control, _ptr(skipped), torch.get_num_threads())
+    else:
+        device = first.device
+        dl = adam_device_list(
+            (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps), amsgrad)
+        stream = current_stream(device)
+        ws = adam_workspace(device, stream, dl.n)
+        _C.cuda_adam_step(*dl.args(), code, hyper, flags, control, _ptr(skipped),
+                          ws.data_ptr(), device.index, stream)
+    written = params + exp_avgs + exp_avg_sqs + (max_exp_avg_sqs if amsgrad else []) + steps
+    if grad_scale is not None:
+        written += grads
+    _bump_versions(written)

@@ -7,7 +7,7 @@ used instead, and compiled graphs call the same kernels.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -73,3 +73,63 @@ def group_clamp_(tensors, lo, hi):
     if compiling():
         return _group_clamp_op(tensors, lo, hi)
     return _kernels.group_clamp_(tensors, lo, hi)
+
+
+@torch.library.custom_op(
+    "gradfast::adam_step_",
+    mutates_args=("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "steps",
+                  "skipped"),
+)
+def _adam_step_op(
+    params: List[torch.Tensor],
+    grads: List[torch.Tensor],
+    exp_avgs: List[torch.Tensor],
+    exp_avg_sqs: List[torch.Tensor],
+    max_exp_avg_sqs: List[torch.Tensor],
+    steps: List[torch.Tensor],
+    lr: float,
+    lr_t: Optional[torch.Tensor],
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    wd_mode: int,
+    l1: float,
+    maximize: bool,
+    amsgrad: bool,
+    grad_scale: Optional[torch.Tensor],
+    found_inf: Optional[torch.Tensor],
+    total: Optional[torch.Tensor],
+    clip: bool,
+    max_norm: float,
+    skip_nonfinite: bool,
+    skipped: List[torch.Tensor],
+    max_norm_t: Optional[torch.Tensor],
+) -> None:
+    _kernels.group_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, lr_t,
+                        beta1, beta2, eps, weight_decay, wd_mode, l1, maximize, amsgrad,
+                        grad_scale, found_inf, total, clip, max_norm, skip_nonfinite,
+                        skipped[0] if skipped else None, max_norm_t)
+
+
+@_adam_step_op.register_fake
+def _(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, lr_t, beta1, beta2,
+      eps, weight_decay, wd_mode, l1, maximize, amsgrad, grad_scale, found_inf, total, clip,
+      max_norm, skip_nonfinite, skipped, max_norm_t):
+    return None
+
+
+def group_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, lr_t, beta1,
+               beta2, eps, weight_decay, wd_mode, l1, maximize, amsgrad, grad_scale, found_inf,
+               total, clip, max_norm, skip_nonfinite, skipped, max_norm_t=None):
+    """The fused Adam step of one (device, dtype) group (see _kernels.group_adam)."""
+    if compiling():
+        return _adam_step_op(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr,
+                             lr_t, beta1, beta2, eps, weight_decay, wd_mode, l1, maximize,
+                             amsgrad, grad_scale, found_inf, total, clip, max_norm,
+                             skip_nonfinite, [skipped] if skipped is not None else [],
+                             max_norm_t)
+    return _kernels.group_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                               lr, lr_t, beta1, beta2, eps, weight_decay, wd_mode, l1, maximize,
+                               amsgrad, grad_scale, found_inf, total, clip, max_norm,
+                               skip_nonfinite, skipped, max_norm_t)

@@ -33,12 +33,16 @@ def is_dense(t: torch.Tensor) -> bool:
 
 
 def native_supported(t: torch.Tensor) -> bool:
-    """Whether the native kernels can take t (otherwise torch's own path is used)."""
+    """Whether the native kernels can take t (otherwise torch's own path is used).
+
+    Inference tensors go to torch, which refuses to update them in place outside
+    inference mode (the kernels' raw writes would bypass that check).
+    """
     return (
         type(t) is torch.Tensor or type(t) is torch.nn.Parameter
     ) and t.layout == torch.strided and t.dtype in DTYPE_CODES and (
         t.device.type == "cpu" or t.device.type == "cuda"
-    ) and is_dense(t)
+    ) and is_dense(t) and not t.is_inference()
 
 
 def group_by_device_dtype(
@@ -56,6 +60,16 @@ def host_args(tensors: Sequence[torch.Tensor]):
     return [t.data_ptr() for t in tensors], [t.numel() for t in tensors]
 
 
+def has_duplicates(ptrs: List[int], numels: List[int]) -> bool:
+    """Whether a non-empty tensor appears more than once (e.g. a parameter listed twice).
+
+    torch scales such a gradient once per occurrence, one tensor after the other; the
+    parallel kernels would race on it, so callers scale those lists with torch's ops.
+    """
+    live = [p for p, n in zip(ptrs, numels) if n > 0]
+    return len(set(live)) != len(live)
+
+
 def chunk_count(numel: int) -> int:
     return -(-numel // CHUNK_ELEMS)
 
@@ -63,7 +77,7 @@ def chunk_count(numel: int) -> int:
 class DeviceList:
     """The device-side table [ptrs, numels, first_chunk] of one CUDA tensor list."""
 
-    __slots__ = ("meta", "n", "n_chunks")
+    __slots__ = ("meta", "n", "n_chunks", "duplicates")
 
     def __init__(self, ptrs: List[int], numels: List[int], device: torch.device) -> None:
         first = [0]
@@ -75,6 +89,7 @@ class DeviceList:
         self.meta = host.to(device, non_blocking=True)
         self.n = len(ptrs)
         self.n_chunks = first[-1]
+        self.duplicates = has_duplicates(ptrs, numels)
 
     def args(self):
         return self.meta.data_ptr(), self.n, self.n_chunks
@@ -125,3 +140,78 @@ def norm_workspace(device: torch.device, stream: int, n: int, n_chunks: int,
 
 def current_stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
+
+
+class AdamDeviceList:
+    """The device-side table of one CUDA Adam group (layout in csrc/cuda/adam_cuda.h).
+
+    Rows of n int64: param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq (0 when unused) and
+    step pointers, element counts, then n+1 first-tile offsets; every tensor owns at least
+    one tile (an empty tensor's tile only increments its step).
+    """
+
+    __slots__ = ("meta", "n", "n_tiles")
+
+    def __init__(self, rows: List[List[int]], numels: List[int], device: torch.device,
+                 tile: int) -> None:
+        first = [0]
+        for n in numels:
+            first.append(first[-1] + max(1, -(-n // tile)))
+        flat: List[int] = []
+        for row in rows:
+            flat += row
+        host = torch.tensor(flat + numels + first, dtype=torch.int64)
+        if torch.cuda.is_available():
+            host = host.pin_memory()
+        self.meta = host.to(device, non_blocking=True)
+        self.n = len(numels)
+        self.n_tiles = first[-1]
+
+    def args(self):
+        return self.meta.data_ptr(), self.n, self.n_tiles
+
+
+_ADAM_CACHE: "OrderedDict[tuple, AdamDeviceList]" = OrderedDict()
+
+
+def adam_device_list(lists: Sequence[Sequence[torch.Tensor]], amsgrad: bool) -> AdamDeviceList:
+    """The cached AdamDeviceList of (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+    steps); rebuilt only when a pointer or a size changes (as device_list)."""
+    params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps = lists
+    n = len(params)
+    rows = [
+        [t.data_ptr() for t in params],
+        [t.data_ptr() for t in grads],
+        [t.data_ptr() for t in exp_avgs],
+        [t.data_ptr() for t in exp_avg_sqs],
+        [t.data_ptr() for t in max_sqs] if amsgrad else [0] * n,
+        [t.data_ptr() for t in steps],
+    ]
+    numels = [t.numel() for t in params]
+    device = params[0].device
+    key = (device.index, tuple(tuple(r) for r in rows), tuple(numels))
+    hit = _ADAM_CACHE.get(key)
+    if hit is not None:
+        _ADAM_CACHE.move_to_end(key)
+        return hit
+    tile, _ = _C.cuda_adam_meta_layout()
+    built = AdamDeviceList(rows, numels, device, tile)
+    _ADAM_CACHE[key] = built
+    if len(_ADAM_CACHE) > _LIST_CACHE_SIZE:
+        _ADAM_CACHE.popitem(last=False)
+    return built
+
+
+_ADAM_WORKSPACES: Dict[tuple, torch.Tensor] = {}
+
+
+def adam_workspace(device: torch.device, stream: int, n: int) -> torch.Tensor:
+    """Zeroed completion counters for the CUDA Adam kernel, one buffer per (device, stream),
+    grown on demand; every launch leaves them zeroed."""
+    need = _C.cuda_adam_workspace_bytes(n)
+    key = (device.index, stream)
+    ws = _ADAM_WORKSPACES.get(key)
+    if ws is None or ws.numel() < need:
+        ws = torch.zeros(max(need, 1 << 12), dtype=torch.uint8, device=device)
+        _ADAM_WORKSPACES[key] = ws
+    return ws

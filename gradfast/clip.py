@@ -9,6 +9,7 @@ hold any nonzero; gradfast returns the number of nonzero elements (the true L0 "
 """
 from __future__ import annotations
 
+import math
 import types
 import warnings
 from typing import Iterable, List, Optional, Tuple, Union
@@ -114,7 +115,25 @@ def get_total_norm(
 def _scale_groups(grads: List[torch.Tensor], coef: torch.Tensor) -> None:
     for (device, dtype), idx in group_by_device_dtype(grads).items():
         group = [grads[i] for i in idx]
+        if coef.dtype != dtype:
+            # torch's grad.mul_(coef) with a 0-d grad and a 0-d coef of another dtype
+            # computes in their promoted dtype (fp64 for an fp64 coef), not in the grad's
+            # math dtype: leave those to torch so the rounding is the same.
+            scalars = [g for g in group if g.dim() == 0]
+            if scalars:
+                _torch_fallback.scale_(scalars, coef)
+                group = [g for g in group if g.dim() != 0]
+                if not group:
+                    continue
         _ops.group_scale_(group, coef.to(device=device, dtype=MATH_DTYPE[dtype]))
+
+
+def _scale_by_coef(grads: List[torch.Tensor], coef: torch.Tensor) -> None:
+    """grads *= coef (a 0-d tensor on any device), natively when every grad allows it."""
+    if _native_ok(grads):
+        _scale_groups(grads, coef)
+    else:
+        _torch_fallback.scale_(grads, coef)
 
 
 @torch.no_grad()
@@ -134,11 +153,7 @@ def clip_grads_with_norm_(
     max_norm = float(max_norm)
     if len(grads) == 0:
         return
-    coef = _coef_from_total(max_norm, total_norm)
-    if _native_ok(grads):
-        _scale_groups(grads, coef)
-    else:
-        _torch_fallback.scale_(grads, coef)
+    _scale_by_coef(grads, _coef_from_total(max_norm, total_norm))
 
 
 @torch.no_grad()
@@ -215,8 +230,19 @@ def clip_grad_value_(
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return
-    if not _native_ok(grads):
+    groups = group_by_device_dtype(grads)
+    if not _native_ok(grads) or not _clip_value_native_ok(clip_value, groups):
         _torch_fallback.clamp_(grads, clip_value)
         return
-    for _, idx in group_by_device_dtype(grads).items():
+    for _, idx in groups.items():
         _ops.group_clamp_([grads[i] for i in idx], -clip_value, clip_value)
+
+
+def _clip_value_native_ok(clip_value: float, groups) -> bool:
+    # torch turns every gradient into NaN for a NaN clip value and refuses a finite one
+    # that a grad dtype cannot hold ("value cannot be converted to type ... without
+    # overflow"): both are left to torch.
+    if math.isnan(clip_value):
+        return False
+    return math.isinf(clip_value) or all(
+        abs(clip_value) <= torch.finfo(dtype).max for _, dtype in groups)

@@ -8,5 +8,6 @@ void bind_info(pybind11::module_& m);
 void bind_cpu(pybind11::module_& m);
 void bind_cuda(pybind11::module_& m);
 void bind_adam(pybind11::module_& m);
+void bind_health(pybind11::module_& m);
 
 }  // namespace gradfast::bindings

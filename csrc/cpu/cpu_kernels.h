@@ -5,10 +5,21 @@
 #pragma once
 #include <cstdint>
 
+#include "../gradfast/adam_math.h"
 #include "../gradfast/dtype.h"
 #include "../gradfast/norm_math.h"
 
 namespace gradfast::cpu {
+
+// One contiguous range of an Adam step: element i of each array is element i of the tensor.
+struct AdamRange {
+  void* p;
+  void* g;
+  void* m;
+  void* v;
+  void* vmax;  // amsgrad only
+  int64_t n;
+};
 
 struct CpuKernels {
   const char* isa;
@@ -20,6 +31,8 @@ struct CpuKernels {
   void (*scale_range)(void* x, int64_t n, DType dt, double coef);
   // x[i] = clamp(x[i], lo, hi), NaN kept.
   void (*clamp_range)(void* x, int64_t n, DType dt, double lo, double hi);
+  // One pass of the fused Adam step over a range (adam_math.h's adam_element per element).
+  void (*adam_range)(const AdamRange& r, DType dt, const AdamFlags& f, const AdamScalars& s);
 };
 
 const CpuKernels& kernels_generic();

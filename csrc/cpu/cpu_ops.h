@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 
+#include "../gradfast/adam_math.h"
 #include "../gradfast/dtype.h"
 #include "../gradfast/norm_math.h"
 #include "../gradfast/tensor_list.h"
@@ -23,5 +24,27 @@ void multi_scale(const TensorList& tensors, DType dt, const void* coef, int num_
 
 // x = clamp(x, lo, hi) for every tensor.
 void multi_clamp(const TensorList& tensors, DType dt, double lo, double hi, int num_threads);
+
+// The tensors of one fused Adam step, all of one dtype in host memory. Tensor i is
+// p[i], g[i], m[i] (exp_avg), v[i] (exp_avg_sq), vmax[i] (max_exp_avg_sq, amsgrad only),
+// each numels[i] elements in the same memory layout, and step[i], its fp32 step count.
+struct AdamLists {
+  void* const* p;
+  void* const* g;
+  void* const* m;
+  void* const* v;
+  void* const* vmax;  // nullptr without amsgrad
+  float* const* step;
+  const int64_t* numels;
+  int64_t n;
+};
+
+// One fused Adam/AdamW step over all tensors: decides on skipping and the clip coefficient
+// from `control` (adam_decide), then for every tensor increments its step, computes its bias
+// corrections and updates it in one pass per chunk, chunks spread over the threads. A
+// skipped step changes nothing except *skipped_counter (if given), which is incremented.
+// flags.unscale must be set exactly when control.grad_scale is.
+void adam_step(const AdamLists& lists, DType dt, const AdamHyper& hyper, const AdamFlags& flags,
+               const AdamControl& control, int64_t* skipped_counter, int num_threads);
 
 }  // namespace gradfast::cpu

@@ -7,6 +7,7 @@
 #include "../gradfast/dtype.h"
 #include "../gradfast/norm_math.h"
 #include "cpu_kernels.h"
+#include "isa_adam_impl.h"
 
 namespace gradfast::cpu::GF_ISA_NS {
 
@@ -47,9 +48,11 @@ void scale_range(void* x, int64_t n, DType dt, double coef) {
 template <typename T>
 void clamp_range_t(T* x, int64_t n, math_t<T> lo, math_t<T> hi) {
   for (int64_t i = 0; i < n; ++i) {
-    const math_t<T> v = load_as_float(x[i]);
-    // NaN fails both comparisons and is stored unchanged, as torch.clamp does.
-    x[i] = StoreAs<T>::from(v < lo ? lo : (v > hi ? hi : v));
+    // torch clamps with clamp_min(lo) and then clamp_max(hi): when lo > hi (a negative
+    // clip value) every value ends up hi. NaN fails both comparisons and is kept.
+    math_t<T> v = load_as_float(x[i]);
+    v = v < lo ? lo : v;
+    x[i] = StoreAs<T>::from(v > hi ? hi : v);
   }
 }
 
@@ -59,7 +62,7 @@ void clamp_range(void* x, int64_t n, DType dt, double lo, double hi) {
 }
 
 const CpuKernels& table() {
-  static const CpuKernels k{GF_ISA_NAME, &norm_range, &scale_range, &clamp_range};
+  static const CpuKernels k{GF_ISA_NAME, &norm_range, &scale_range, &clamp_range, &adam_range};
   return k;
 }
 

@@ -26,8 +26,11 @@ struct DeviceList {
   int64_t n_chunks;     // total chunks (meta[3n])
 };
 
-// Bytes of scratch multi_norm needs: chunk partials plus a completion counter. The
-// workspace must be zeroed once when allocated; every launch leaves it zeroed again.
+// Bytes of scratch multi_norm needs: completion counters, chunk partials and per-tensor
+// norms. The workspace must be 16-byte aligned and zeroed once when allocated; every launch
+// leaves all of it zeroed again, so launches replay inside a CUDA graph and one workspace
+// (large enough for each) serves any lists in turn on one stream. Launches that may run
+// concurrently (different streams) need different workspaces.
 size_t norm_workspace_bytes(int64_t n_tensors, int64_t n_chunks, DType dt);
 
 // Same outputs as cpu::multi_norm (all device pointers). One kernel launch: blocks write
@@ -37,7 +40,8 @@ void multi_norm(const DeviceList& list, DType dt, NormKind kind, double p, void*
                 void* per_tensor_out, void* total_out, void* coef_out, double max_norm,
                 int device, intptr_t stream);
 
-// x *= *coef (coef: device pointer to one math-type value). One launch.
+// x *= *coef (coef: device pointer to one math-type value). One launch. When *coef is
+// exactly 1 (an inactive clip) no element is touched: x * 1 == x for every value.
 void multi_scale(const DeviceList& list, DType dt, const void* coef, int device, intptr_t stream);
 
 // x = clamp(x, lo, hi). One launch.

@@ -22,10 +22,12 @@ int device_count() {
 }
 
 std::string compiled_archs() {
-  // CMake's list, e.g. "75-real;80-real;120" -> "sm_75 sm_80 sm_120+ptx".
+  // CMake's list, passed comma-separated, e.g. "75-real,80-real,120" -> "sm_75 sm_80 sm_120+ptx".
   std::string in = GRADFAST_CUDA_ARCHS_STR, out, item;
+  for (char& ch : in)
+    if (ch == ';') ch = ',';
   std::stringstream ss(in);
-  while (std::getline(ss, item, ';')) {
+  while (std::getline(ss, item, ',')) {
     if (item.empty()) continue;
     std::string arch = item, suffix = "+ptx";
     const auto dash = item.find('-');

@@ -59,12 +59,16 @@ GF_HD A fold_tensor_norms(const NormOp<K, A>& op, A acc, A tensor_norm) {
 }
 
 // torch's clip coefficient, min(max_norm / (total + 1e-6), 1), with each intermediate
-// rounded to the total's dtype T as torch's tensor ops materialise it.
+// rounded to the total's dtype T as torch's tensor ops materialise it. torch evaluates
+// `max_norm / tensor` as `tensor.reciprocal() * max_norm` (Tensor.__rtruediv__), so the
+// reciprocal is rounded on its own: a division would differ in the last bit, and for
+// fp16 a reciprocal that overflows to inf makes torch's coefficient 1 (no clipping).
 template <typename T>
 GF_HD math_t<T> clip_coefficient(math_t<T> total, double max_norm) {
   using M = math_t<T>;
   const M denom = round_to<T>(total + (M)1e-6);
-  const M coef = round_to<T>((M)max_norm / denom);
+  const M recip = round_to<T>((M)1 / denom);
+  const M coef = round_to<T>(recip * (M)max_norm);
   // torch.clamp(max=1.0) propagates NaN.
   return (coef > (M)1 ) ? (M)1 : coef;
 }

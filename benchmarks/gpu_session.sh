@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One full GPU session on a lent device machine: build, run every test (CUDA ones
+# included), run the benchmark, and leave logs + raw results under $OUT (or ./gpu-out).
+# Usage: bash benchmarks/gpu_session.sh [bench args...]
+set -uo pipefail
+OUT=${OUT:-$(pwd)/gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+{
+  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+} 2>&1 | tee "$OUT/env.txt"
+
+start=$(date +%s)
+GRADFAST_CUDA=1 GRADFAST_CUDA_ARCHS=${GRADFAST_CUDA_ARCHS:-90-real} CMAKE_BUILD_PARALLEL_LEVEL=16 \
+  pip install --no-build-isolation --no-deps -q . > "$OUT/build.log" 2>&1
+echo "build rc=$? in $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
+cd /tmp && python3 -m gradfast info | tee -a "$OUT/env.txt"; cd - > /dev/null
+
+timeout ${TEST_TIMEOUT:-240} pytest tests -q -x -rs > "$OUT/tests.log" 2>&1
+echo "tests rc=$?" | tee -a "$OUT/env.txt"
+tail -15 "$OUT/tests.log"
+
+if [ "${RUN_BENCH:-1}" = 1 ]; then
+  timeout ${BENCH_TIMEOUT:-240} python3 -m gradfast.bench --device cuda --out "$OUT/bench" "$@" \
+    > "$OUT/bench.log" 2>&1
+  echo "bench rc=$?" | tee -a "$OUT/env.txt"
+  tail -40 "$OUT/bench.log"
+fi
