@@ -74,6 +74,39 @@ def chunk_count(numel: int) -> int:
     return -(-numel // CHUNK_ELEMS)
 
 
+def _upload_table(values: List[int], device: torch.device) -> torch.Tensor:
+    """An int64 table copied to the device without blocking the host (pinned staging)."""
+    host = torch.tensor(values, dtype=torch.int64)
+    if torch.cuda.is_available():
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
+
+
+def _cached(cache: "OrderedDict", key: tuple, build):
+    """cache[key], built on a miss; the least recently used entry goes past _LIST_CACHE_SIZE."""
+    hit = cache.get(key)
+    if hit is not None:
+        cache.move_to_end(key)
+        return hit
+    built = cache[key] = build()
+    if len(cache) > _LIST_CACHE_SIZE:
+        cache.popitem(last=False)
+    return built
+
+
+def _workspace(registry: Dict[tuple, torch.Tensor], device: torch.device, stream: int,
+               need: int, minimum: int) -> torch.Tensor:
+    """Zeroed scratch of at least `need` bytes, one per (device, stream), grown on demand.
+
+    The kernels leave their scratch zeroed after every launch, so it is never cleared again.
+    """
+    key = (device.index, stream)
+    ws = registry.get(key)
+    if ws is None or ws.numel() < need:
+        ws = registry[key] = torch.zeros(max(need, minimum), dtype=torch.uint8, device=device)
+    return ws
+
+
 class DeviceList:
     """The device-side table [ptrs, numels, first_chunk] of one CUDA tensor list."""
 
@@ -83,10 +116,7 @@ class DeviceList:
         first = [0]
         for n in numels:
             first.append(first[-1] + chunk_count(n))
-        host = torch.tensor(ptrs + numels + first, dtype=torch.int64)
-        if torch.cuda.is_available():
-            host = host.pin_memory()
-        self.meta = host.to(device, non_blocking=True)
+        self.meta = _upload_table(ptrs + numels + first, device)
         self.n = len(ptrs)
         self.n_chunks = first[-1]
         self.duplicates = has_duplicates(ptrs, numels)
@@ -109,15 +139,7 @@ def device_list(tensors: Sequence[torch.Tensor]) -> DeviceList:
     numels = [t.numel() for t in tensors]
     device = tensors[0].device
     key = (device.index, tuple(ptrs), tuple(numels))
-    hit = _LIST_CACHE.get(key)
-    if hit is not None:
-        _LIST_CACHE.move_to_end(key)
-        return hit
-    built = DeviceList(ptrs, numels, device)
-    _LIST_CACHE[key] = built
-    if len(_LIST_CACHE) > _LIST_CACHE_SIZE:
-        _LIST_CACHE.popitem(last=False)
-    return built
+    return _cached(_LIST_CACHE, key, lambda: DeviceList(ptrs, numels, device))
 
 
 _WORKSPACES: Dict[tuple, torch.Tensor] = {}
@@ -130,12 +152,7 @@ def norm_workspace(device: torch.device, stream: int, n: int, n_chunks: int,
     The kernel leaves it zeroed after every launch, so it is never cleared again.
     """
     need = _C.cuda_norm_workspace_bytes(n, n_chunks, DTYPE_CODES[dtype])
-    key = (device.index, stream)
-    ws = _WORKSPACES.get(key)
-    if ws is None or ws.numel() < need:
-        ws = torch.zeros(max(need, 1 << 16), dtype=torch.uint8, device=device)
-        _WORKSPACES[key] = ws
-    return ws
+    return _workspace(_WORKSPACES, device, stream, need, 1 << 16)
 
 
 def current_stream(device: torch.device) -> int:
@@ -160,10 +177,7 @@ class AdamDeviceList:
         flat: List[int] = []
         for row in rows:
             flat += row
-        host = torch.tensor(flat + numels + first, dtype=torch.int64)
-        if torch.cuda.is_available():
-            host = host.pin_memory()
-        self.meta = host.to(device, non_blocking=True)
+        self.meta = _upload_table(flat + numels + first, device)
         self.n = len(numels)
         self.n_tiles = first[-1]
 
@@ -190,16 +204,8 @@ def adam_device_list(lists: Sequence[Sequence[torch.Tensor]], amsgrad: bool) -> 
     numels = [t.numel() for t in params]
     device = params[0].device
     key = (device.index, tuple(tuple(r) for r in rows), tuple(numels))
-    hit = _ADAM_CACHE.get(key)
-    if hit is not None:
-        _ADAM_CACHE.move_to_end(key)
-        return hit
-    tile, _ = _C.cuda_adam_meta_layout()
-    built = AdamDeviceList(rows, numels, device, tile)
-    _ADAM_CACHE[key] = built
-    if len(_ADAM_CACHE) > _LIST_CACHE_SIZE:
-        _ADAM_CACHE.popitem(last=False)
-    return built
+    return _cached(_ADAM_CACHE, key, lambda: AdamDeviceList(
+        rows, numels, device, _C.cuda_adam_meta_layout()[0]))
 
 
 _ADAM_WORKSPACES: Dict[tuple, torch.Tensor] = {}
@@ -208,10 +214,4 @@ _ADAM_WORKSPACES: Dict[tuple, torch.Tensor] = {}
 def adam_workspace(device: torch.device, stream: int, n: int) -> torch.Tensor:
     """Zeroed completion counters for the CUDA Adam kernel, one buffer per (device, stream),
     grown on demand; every launch leaves them zeroed."""
-    need = _C.cuda_adam_workspace_bytes(n)
-    key = (device.index, stream)
-    ws = _ADAM_WORKSPACES.get(key)
-    if ws is None or ws.numel() < need:
-        ws = torch.zeros(max(need, 1 << 12), dtype=torch.uint8, device=device)
-        _ADAM_WORKSPACES[key] = ws
-    return ws
+    return _workspace(_ADAM_WORKSPACES, device, stream, _C.cuda_adam_workspace_bytes(n), 1 << 12)
