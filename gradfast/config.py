@@ -20,4 +20,8 @@ def show_config() -> Dict[str, Any]:
         "cuda_device_name": torch.cuda.get_device_name() if usable else None,
         "cpu_simd": _C.cpu_isa(),
         "cpu_threads": torch.get_num_threads(),
+        # "openmp": the CPU kernels run on the process's OpenMP team (torch's intra-op
+        # threads); "pool": on gradfast's own threads (no OpenMP runtime loaded, or
+        # GRADFAST_CPU_BACKEND=pool).
+        "cpu_backend": _C.cpu_backend(),
     }

@@ -19,6 +19,7 @@ EXPECTED_TYPES = {
     "cuda_device_name": (str, type(None)),
     "cpu_simd": str,
     "cpu_threads": int,
+    "cpu_backend": str,
 }
 
 
@@ -53,6 +54,9 @@ def test_show_config_values():
     assert cfg["cuda_device_usable"] is cuda_usable()
     assert cfg["cpu_simd"] in ("generic", "avx2", "avx512")
     assert cfg["cpu_threads"] == torch.get_num_threads() >= 1
+    # torch's CPU wheels parallelise with OpenMP, so its runtime is loaded in this process.
+    omp = "OpenMP" in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]
+    assert cfg["cpu_backend"] == ("openmp" if omp else "pool")
     if cfg["cuda_kernels_compiled"]:
         assert cfg["cuda_archs"].strip(), "compiled CUDA kernels name their architectures"
         assert all(a.startswith(("sm_", "compute_")) for a in cfg["cuda_archs"].split())
@@ -126,3 +130,25 @@ def test_cpu_path_works_without_a_gpu():
     g = torch.randn(1000)
     torch.testing.assert_close(gradfast.get_total_norm([g]), torch.linalg.vector_norm(g),
                                rtol=1e-6, atol=0)
+
+
+def test_cli_honours_cpu_backend_choice(tmp_path):
+    env = _env()
+    env["GRADFAST_CPU_BACKEND"] = "pool"
+    proc = subprocess.run([sys.executable, "-m", "gradfast", "info", "--json"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["cpu_backend"] == "pool"
+
+
+def test_set_cpu_backend_switches_and_validates():
+    from gradfast._native import _C
+    before = _C.cpu_backend()
+    try:
+        assert _C.set_cpu_backend("pool") == "pool"
+        assert gradfast.show_config()["cpu_backend"] == "pool"
+        assert _C.set_cpu_backend("auto") == before
+        with pytest.raises(ValueError, match="'auto', 'openmp' or 'pool'"):
+            _C.set_cpu_backend("tbb")
+    finally:
+        _C.set_cpu_backend("auto")

@@ -25,6 +25,8 @@ from clip_helpers import (  # noqa: E402
     dtype_id,
     grads_of,
 )
+import gradfast.optim  # noqa: E402
+from gradfast._native import _C  # noqa: E402
 from gradfast._native import CHUNK_ELEMS as C  # noqa: E402
 
 NORMS = [2.0, 1.0, INF, -INF, 0.0, 3.5, 0.5]
@@ -134,6 +136,37 @@ def test_clip_grad_value_thread_count(restore_threads):
             ref = got
         for i, (g, r) in enumerate(zip(got, ref)):
             assert_same_bits(g, r, f"grad {i}, {threads} threads")
+
+
+@pytest.fixture
+def restore_backend():
+    yield
+    _C.set_cpu_backend("auto")
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+def test_openmp_team_and_own_pool_give_the_same_bits(dtype, restore_threads, restore_backend):
+    # The CPU kernels run on torch's OpenMP team when one is loaded, else on gradfast's pool;
+    # the chunks and their fold order are the same, so are the results.
+    if _C.set_cpu_backend("auto") != "openmp":
+        pytest.skip("no OpenMP runtime in this process")
+    specs = _specs(dtype, 2.0)
+    results = {}
+    for backend in ("openmp", "pool"):
+        _C.set_cpu_backend(backend)
+        for threads in (1, 2, 3):
+            total, clip_total, grads = _run(specs, 6, 2.0, threads)
+            params = build(specs, 7)
+            opt = gradfast.optim.Adam(params, lr=1e-2, max_grad_norm=0.5, weight_decay=0.1)
+            for _ in range(3):
+                opt.step()
+            results[backend, threads] = [total, clip_total, *grads,
+                                         *(p.detach() for p in params),
+                                         *(opt.state[p]["exp_avg_sq"] for p in params)]
+    ref = results["pool", 1]
+    for key, got in results.items():
+        for i, (a, b) in enumerate(zip(got, ref)):
+            assert_same_bits(a, b, f"{key}, output {i}")
 
 
 def test_gradfast_follows_torch_thread_setting(restore_threads):
