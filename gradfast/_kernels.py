@@ -32,11 +32,13 @@ def _bump_versions(tensors: List[torch.Tensor]) -> None:
 
 
 def group_norm(
-    tensors: List[torch.Tensor], p: float, kind: int, max_norm: float
+    tensors: List[torch.Tensor], p: float, kind: int, max_norm: float,
+    host: Optional[Tuple[List[int], List[int]]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total norm in the group dtype, per-tensor norms in the math dtype, clip coefficient).
 
     The clip coefficient is torch's min(max_norm / (total + 1e-6), 1), in the math dtype.
+    host: host_args(tensors) when the caller already has them (CPU only).
     """
     first = tensors[0]
     dtype, device = first.dtype, first.device
@@ -45,8 +47,8 @@ def group_norm(
     total = torch.empty((), dtype=dtype, device=device)
     coef = torch.empty((), dtype=math_dtype, device=device)
     code = DTYPE_CODES[dtype]
-    if device.type == "cpu":
-        ptrs, numels = host_args(tensors)
+    if first.is_cpu:
+        ptrs, numels = host or host_args(tensors)
         _C.cpu_multi_norm(ptrs, numels, code, kind, p, per_tensor.data_ptr(), total.data_ptr(),
                           coef.data_ptr(), max_norm, torch.get_num_threads())
     else:
@@ -58,12 +60,13 @@ def group_norm(
     return total, per_tensor, coef
 
 
-def group_scale_(tensors: List[torch.Tensor], coef: torch.Tensor) -> None:
+def group_scale_(tensors: List[torch.Tensor], coef: torch.Tensor,
+                 host: Optional[Tuple[List[int], List[int]]] = None) -> None:
     """tensors *= coef (a 0-d tensor of the group's math dtype on the group's device)."""
     first = tensors[0]
     code = DTYPE_CODES[first.dtype]
-    if first.device.type == "cpu":
-        ptrs, numels = host_args(tensors)
+    if first.is_cpu:
+        ptrs, numels = host or host_args(tensors)
         if has_duplicates(ptrs, numels):
             _scale_one_by_one(tensors, coef)
             return
@@ -126,6 +129,7 @@ def group_adam(
     skip_nonfinite: bool,
     skipped: Optional[torch.Tensor],
     max_norm_t: Optional[torch.Tensor] = None,
+    host: Optional[Tuple[List[int], ...]] = None,
 ) -> None:
     """One fused Adam step over one (device, dtype) group, in one pass (one launch on CUDA).
 
@@ -133,6 +137,8 @@ def group_adam(
     found_inf (fp32), total (the global grad norm, any float dtype), skipped (int64). Steps
     are fp32 0-d tensors. max_norm_t, when given, is a device threshold (any float dtype)
     used instead of max_norm. Nothing here synchronises with the device.
+    host: (exp_avg, exp_avg_sq, max_exp_avg_sq, step pointers, element counts) of CPU lists
+    when the caller keeps them (gradfast.optim's step plans); the grads' are always read.
     """
     first = params[0]
     code = DTYPE_CODES[first.dtype]
@@ -144,12 +150,15 @@ def group_adam(
                skip_nonfinite, _ptr(max_norm_t),
                DTYPE_CODES[max_norm_t.dtype] if max_norm_t is not None else 0)
     if first.device.type == "cpu":
+        if host is None:
+            host = ([t.data_ptr() for t in exp_avgs], [t.data_ptr() for t in exp_avg_sqs],
+                    [t.data_ptr() for t in max_exp_avg_sqs] if amsgrad else [],
+                    [t.data_ptr() for t in steps], [t.numel() for t in params])
+        m_ptrs, v_ptrs, vmax_ptrs, step_ptrs, numels = host
         _C.cpu_adam_step(
-            [t.data_ptr() for t in params], [t.data_ptr() for t in grads],
-            [t.data_ptr() for t in exp_avgs], [t.data_ptr() for t in exp_avg_sqs],
-            [t.data_ptr() for t in max_exp_avg_sqs] if amsgrad else [],
-            [t.data_ptr() for t in steps], [t.numel() for t in params], code, hyper, flags,
-            control, _ptr(skipped), torch.get_num_threads())
+            [t.data_ptr() for t in params], [t.data_ptr() for t in grads], m_ptrs, v_ptrs,
+            vmax_ptrs, step_ptrs, numels, code, hyper, flags, control, _ptr(skipped),
+            torch.get_num_threads())
     else:
         device = first.device
         dl = adam_device_list(

@@ -57,16 +57,17 @@ def compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-def group_norm(tensors, p, kind, max_norm):
+def group_norm(tensors, p, kind, max_norm, host=None):
+    """host: the CPU tensors' (pointers, element counts) when the caller has them."""
     if compiling():
         return _group_norm_op(tensors, p, kind, max_norm)
-    return _kernels.group_norm(tensors, p, kind, max_norm)
+    return _kernels.group_norm(tensors, p, kind, max_norm, host)
 
 
-def group_scale_(tensors, coef):
+def group_scale_(tensors, coef, host=None):
     if compiling():
         return _group_scale_op(tensors, coef)
-    return _kernels.group_scale_(tensors, coef)
+    return _kernels.group_scale_(tensors, coef, host)
 
 
 def group_clamp_(tensors, lo, hi):
@@ -121,7 +122,7 @@ def _(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, lr_t, be
 
 def group_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, lr_t, beta1,
                beta2, eps, weight_decay, wd_mode, l1, maximize, amsgrad, grad_scale, found_inf,
-               total, clip, max_norm, skip_nonfinite, skipped, max_norm_t=None):
+               total, clip, max_norm, skip_nonfinite, skipped, max_norm_t=None, host=None):
     """The fused Adam step of one (device, dtype) group (see _kernels.group_adam)."""
     if compiling():
         return _adam_step_op(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr,
@@ -132,4 +133,4 @@ def group_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr,
     return _kernels.group_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
                                lr, lr_t, beta1, beta2, eps, weight_decay, wd_mode, l1, maximize,
                                amsgrad, grad_scale, found_inf, total, clip, max_norm,
-                               skip_nonfinite, skipped, max_norm_t)
+                               skip_nonfinite, skipped, max_norm_t, host)

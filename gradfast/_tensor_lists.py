@@ -32,17 +32,27 @@ def is_dense(t: torch.Tensor) -> bool:
     return True
 
 
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+_STRIDED = torch.strided
+
+
 def native_supported(t: torch.Tensor) -> bool:
     """Whether the native kernels can take t (otherwise torch's own path is used).
 
     Inference tensors go to torch, which refuses to update them in place outside
     inference mode (the kernels' raw writes would bypass that check).
+    (Written with the cheapest tensor attributes: it runs for every tensor of every step.)
     """
-    return (
-        type(t) is torch.Tensor or type(t) is torch.nn.Parameter
-    ) and t.layout == torch.strided and t.dtype in DTYPE_CODES and (
-        t.device.type == "cpu" or t.device.type == "cuda"
-    ) and is_dense(t) and not t.is_inference()
+    return (type(t) in _PLAIN_TYPES and t.layout is _STRIDED and t.dtype in DTYPE_CODES
+            and (t.is_cpu or t.is_cuda) and (t.is_contiguous() or is_dense(t))
+            and not t.is_inference())
+
+
+def all_native_supported(tensors: Sequence[torch.Tensor]) -> bool:
+    """native_supported for every tensor (inlined: no Python call per tensor)."""
+    return all([type(t) in _PLAIN_TYPES and t.layout is _STRIDED and t.dtype in DTYPE_CODES
+                and (t.is_cpu or t.is_cuda) and (t.is_contiguous() or is_dense(t))
+                and not t.is_inference() for t in tensors])
 
 
 def group_by_device_dtype(
@@ -50,9 +60,28 @@ def group_by_device_dtype(
 ) -> "OrderedDict[Tuple[torch.device, torch.dtype], List[int]]":
     """Indices of tensors per (device, dtype), in order of first appearance."""
     groups: "OrderedDict[Tuple[torch.device, torch.dtype], List[int]]" = OrderedDict()
+    if not tensors:
+        return groups
+    first = tensors[0]
+    if single_group(tensors):
+        groups[(first.device, first.dtype)] = list(range(len(tensors)))
+        return groups
     for i, t in enumerate(tensors):
         groups.setdefault((t.device, t.dtype), []).append(i)
     return groups
+
+
+def single_group(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether all tensors (a non-empty list) share one dtype and one CPU or CUDA device;
+    the common case, decided without building device objects."""
+    first = tensors[0]
+    dt, cuda = first.dtype, first.is_cuda
+    index = first.get_device()
+    if not (cuda or first.is_cpu):
+        return False
+    if cuda:
+        return all([t.dtype is dt and t.is_cuda and t.get_device() == index for t in tensors])
+    return all([t.dtype is dt and t.is_cpu for t in tensors])
 
 
 def host_args(tensors: Sequence[torch.Tensor]):
@@ -66,6 +95,8 @@ def has_duplicates(ptrs: List[int], numels: List[int]) -> bool:
     torch scales such a gradient once per occurrence, one tensor after the other; the
     parallel kernels would race on it, so callers scale those lists with torch's ops.
     """
+    if len(set(ptrs)) == len(ptrs):
+        return False
     live = [p for p, n in zip(ptrs, numels) if n > 0]
     return len(set(live)) != len(live)
 

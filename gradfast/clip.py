@@ -19,7 +19,7 @@ import torch
 from . import _ops, _torch_fallback
 from ._native import MATH_DTYPE
 from ._norm_kind import L0, empty_tensor_error, norm_kind, parse_norm_type
-from ._tensor_lists import group_by_device_dtype, native_supported
+from ._tensor_lists import all_native_supported, group_by_device_dtype, host_args, single_group
 
 _tensor_or_tensors = Union[torch.Tensor, Iterable[torch.Tensor]]
 
@@ -33,8 +33,7 @@ _NONFINITE_MSG = (
 )
 
 
-def _native_ok(tensors: List[torch.Tensor]) -> bool:
-    return all(native_supported(t) for t in tensors)
+_native_ok = all_native_supported
 
 
 def _check_empty(tensors: List[torch.Tensor], p: float) -> None:
@@ -192,6 +191,14 @@ def clip_grad_norm_(
         _torch_fallback.scale_(grads, _coef_from_total(max_norm, total))
         return total
     _check_empty(grads, p)
+    if grads[0].is_cpu and not _ops.compiling() and single_group(grads):
+        # The common CPU case: one group; pointers gathered once for both passes.
+        args = host_args(grads)
+        total, _, coef = _ops.group_norm(grads, p, norm_kind(p), max_norm, args)
+        if error_if_nonfinite:
+            _raise_if_nonfinite(total, p)
+        _ops.group_scale_(grads, coef, args)
+        return total
     total, coef, _ = _norms(grads, p, max_norm)
     if error_if_nonfinite:
         _raise_if_nonfinite(total, p)

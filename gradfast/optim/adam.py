@@ -66,6 +66,7 @@ from .._native import DTYPE_CODES
 from .._norm_kind import norm_kind, parse_norm_type
 from .._tensor_lists import group_by_device_dtype, is_dense, native_supported
 from ..clip import _check_empty, _norms
+from ._plan import GroupPlan
 
 __all__ = ["Adam", "AdamW"]
 
@@ -218,6 +219,7 @@ class Adam(torch.optim.Optimizer):
         self._gf_results: Dict[str, Optional[Tensor]] = {"grad_norm": None,
                                                          "skipped_steps": None}
         self._checked_state: Dict = {}
+        self._plans: Dict[int, GroupPlan] = {}
 
     @property
     def grad_norm(self) -> Optional[Tensor]:
@@ -264,6 +266,7 @@ class Adam(torch.optim.Optimizer):
                 group.setdefault(key, defaults.get(key, default))
         # torch's state may hold CPU (or Python number) steps: converted lazily by step().
         self._checked_state = {}
+        self._plans = {}
         if "_gf_results" not in self.__dict__:
             self._gf_results = {"grad_norm": None, "skipped_steps": None}
         self._step_supports_amp_scaling = True
@@ -411,13 +414,33 @@ class Adam(torch.optim.Optimizer):
         work = []  # (group, lists, grad copies)
         all_grads: List[Tensor] = []
         norm_types = set()
+        plans = self._plans
+        use_plans = not _ops.compiling()  # plans hold raw pointers: eager mode only
         for group in self.param_groups:
-            lists: Tuple[List[Tensor], ...] = ([], [], [], [], [], [])
-            copies: List[Tuple[Tensor, Tensor]] = []
-            self._init_group(group, *lists, copies)
-            if not lists[0]:
-                continue
-            work.append((group, lists, copies, _split(lists[0])))
+            params_list = group["params"]
+            grads_all = [p.grad for p in params_list]
+            plan = plans.get(id(group)) if use_plans else None
+            grads = None
+            if plan is not None:
+                grads = plan.grads_if_valid(group, params_list, grads_all, self.state)
+            if grads is not None:
+                lists = plan.lists(grads)
+                work.append((group, lists, [], plan.split, plan.host))
+            else:
+                plans.pop(id(group), None)
+                lists = ([], [], [], [], [], [])
+                copies: List[Tuple[Tensor, Tensor]] = []
+                self._init_group(group, *lists, copies)
+                if not lists[0]:
+                    continue
+                split = _split(lists[0])
+                host = None
+                if not copies and use_plans:
+                    plan = GroupPlan(group, grads_all, lists,
+                                     [self.state[p] for p in lists[0]], split)
+                    plans[id(group)] = plan
+                    host = plan.host
+                work.append((group, lists, copies, split, host))
             all_grads.extend(lists[1])
             if group["max_grad_norm"] is not None or group["skip_nonfinite"]:
                 norm_types.add(parse_norm_type(group["grad_norm_type"]))
@@ -449,7 +472,7 @@ class Adam(torch.optim.Optimizer):
         total_by_dev: Dict = {}
         thresholds: Dict = {}  # id(max_grad_norm) -> (tensor, {device: tensor})
         counter_used = False
-        for group, lists, copies, split in work:
+        for group, lists, copies, split, host in work:
             params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps = lists
             lr = group["lr"]
             beta1, beta2 = (_value(b) for b in group["betas"])
@@ -499,7 +522,8 @@ class Adam(torch.optim.Optimizer):
                     if (clip or skip_nonfinite) else None,
                     clip, float(max_norm) if clip and thr is None else 0.0, skip_nonfinite,
                     skipped,
-                    self._on(thr[1], thr[0], device, _NATIVE_DTYPES) if thr is not None else None)
+                    self._on(thr[1], thr[0], device, _NATIVE_DTYPES) if thr is not None else None,
+                    host=host if idx is None else None)
             if grad_scale is not None:
                 for orig, copy in copies:
                     orig.copy_(copy)
