@@ -22,7 +22,9 @@ Each model is trained with Adam (lr 1e-3 for the RNN, 1e-2 for the LSTM) and:
     fixed     clip the global norm at 1.0 (gradfast.clip_grads_with_norm_)
     autoclip  gradfast.AutoClip(percentile=10, min_history=10, initial_max_norm=1.0)
     agc       gradfast.adaptive_clip_grad_(params, clip_factor=0.05): unit-wise AGC
-and watched by gradfast.GradMonitor, whose norm pass the clipping reuses.
+and watched by gradfast.GradMonitor: with fixed and AutoClip clipping inside
+gradfast.optim.Adam, the optimizer's one norm pass feeds the monitor (monitor.attach(opt));
+otherwise the monitor's norm pass is reused by the clipping.
 
 Adam is gradfast.optim.Adam (clipping through its max_grad_norm=...) when the installed
 gradfast has it, else torch.optim.Adam with gradfast's clipping functions; the script
@@ -119,26 +121,29 @@ class Trainer:
         if fused_adam is not None:
             limit = {"fixed": self.max_norm, "autoclip": self.autoclip}.get(method)
             self.opt = fused_adam(params, lr=lr, max_grad_norm=limit)
+            if self.clip_in_optimizer:
+                # The optimiser's own norm pass feeds the monitor (and marks clip events).
+                monitor.attach(self.opt)
         else:
             self.opt = torch.optim.Adam(params, lr=lr)
 
     def step(self):
         params, method = self.params, self.method
-        total, _ = self.monitor.step()
-        clipped = torch.zeros((), dtype=torch.bool)
         if self.clip_in_optimizer:
-            self.opt.step()  # the optimiser clips (and calls AutoClip.threshold) itself
+            self.opt.step()  # one norm pass: clipping (AutoClip.threshold) and the monitor
+            total = self.opt.grad_norm
             limit = self.max_norm if method == "fixed" else self.autoclip.last_threshold
-            clipped = total > limit
-        else:
-            if method == "fixed":
-                gradfast.clip_grads_with_norm_(params, self.max_norm, total)
-                clipped = total > self.max_norm
-            elif method == "autoclip":
-                clipped = total > self.autoclip.clip_with_norm_(params, total)
-            elif method == "agc":
-                clipped = gradfast.adaptive_clip_grad_(params, self.clip_factor) > 0
-            self.opt.step()
+            return total, total > limit
+        total, _ = self.monitor.step()  # recorded before any clipping changes the grads
+        clipped = torch.zeros((), dtype=torch.bool)
+        if method == "fixed":
+            gradfast.clip_grads_with_norm_(params, self.max_norm, total)
+            clipped = total > self.max_norm
+        elif method == "autoclip":
+            clipped = total > self.autoclip.clip_with_norm_(params, total)
+        elif method == "agc":
+            clipped = gradfast.adaptive_clip_grad_(params, self.clip_factor) > 0
+        self.opt.step()
         self.monitor.annotate(clipped=clipped)
         return total, clipped
 

@@ -124,8 +124,9 @@ class GradMonitor:
 
     Use ``monitor.step()`` after ``backward()`` and before clipping (it computes the norms;
     it returns ``(total, per_tensor)`` so clipping can reuse them), or
-    ``monitor.record(total, per_tensor)`` with norms computed elsewhere (a gradfast
-    optimizer's own norm pass). Pass ``max_norm=`` (a float or a device tensor, e.g.
+    ``monitor.record(total, per_tensor)`` with norms computed elsewhere, or
+    ``monitor.attach(optimizer)`` to let a gradfast optimizer record them from its own norm
+    pass at every ``step()``. Pass ``max_norm=`` (a float or a device tensor, e.g.
     ``AutoClip.last_threshold``) and ``skipped=`` there or via :meth:`annotate` to mark
     clip and skip events for :meth:`plot`, :meth:`to_csv` and the summary.
     """
@@ -186,6 +187,28 @@ class GradMonitor:
         self._warned: set = set()
         self._index_cache: Dict[Tuple[int, ...], torch.Tensor] = {}
         self._writer = self._open_writer(tensorboard)
+
+    # ---- feeding from a gradfast optimizer ------------------------------------------------
+    def attach(self, optimizer) -> "GradMonitor":
+        """Let a gradfast optimizer record each step's norms from its own norm pass.
+
+        After ``monitor.attach(opt)`` (``opt`` a ``gradfast.optim.Adam``/``AdamW``), every
+        ``opt.step()`` records the pre-clip norms of the gradients it steps with (unscaled
+        under GradScaler), the clip threshold it used and whether it skipped the step: do
+        not also call :meth:`step`. When the optimizer clips or skips with the monitor's
+        norm order, one norm pass serves both. Returns the monitor.
+        """
+        if not hasattr(optimizer, "_gf_monitor"):
+            raise TypeError(
+                f"GradMonitor.attach: {type(optimizer).__name__} is not a gradfast optimizer; "
+                "with other optimizers call monitor.step() after backward()")
+        optimizer._gf_monitor = self
+        return self
+
+    def detach(self, optimizer) -> None:
+        """Stop ``optimizer`` from feeding this monitor."""
+        if getattr(optimizer, "_gf_monitor", None) is self:
+            optimizer._gf_monitor = None
 
     # ---- recording (device side, no sync) --------------------------------------------------
     def _open_writer(self, tensorboard):

@@ -66,6 +66,7 @@ from .._native import DTYPE_CODES
 from .._norm_kind import norm_kind, parse_norm_type
 from .._tensor_lists import group_by_device_dtype, is_dense, native_supported
 from ..clip import _check_empty, _norms
+from ..health.norms import aligned_per_tensor, norms_of
 from ._plan import GroupPlan
 
 __all__ = ["Adam", "AdamW"]
@@ -220,6 +221,7 @@ class Adam(torch.optim.Optimizer):
                                                          "skipped_steps": None}
         self._checked_state: Dict = {}
         self._plans: Dict[int, GroupPlan] = {}
+        self._gf_monitor = None  # a GradMonitor fed by step() (GradMonitor.attach)
 
     @property
     def grad_norm(self) -> Optional[Tensor]:
@@ -267,6 +269,7 @@ class Adam(torch.optim.Optimizer):
         # torch's state may hold CPU (or Python number) steps: converted lazily by step().
         self._checked_state = {}
         self._plans = {}
+        self.__dict__.setdefault("_gf_monitor", None)
         if "_gf_results" not in self.__dict__:
             self._gf_results = {"grad_norm": None, "skipped_steps": None}
         self._step_supports_amp_scaling = True
@@ -453,19 +456,31 @@ class Adam(torch.optim.Optimizer):
             skipped_steps = torch.zeros((), dtype=torch.int64, device=first_device)
             results["skipped_steps"] = skipped_steps
 
+        if len(norm_types) > 1:
+            raise ValueError(
+                "parameter groups that clip or skip non-finite steps must use the same "
+                f"grad_norm_type, got {sorted(norm_types)}")
+        monitor = self._gf_monitor
         total = None
-        if norm_types:
-            if len(norm_types) > 1:
-                raise ValueError(
-                    "parameter groups that clip or skip non-finite steps must use the same "
-                    f"grad_norm_type, got {sorted(norm_types)}")
+        monitored = None  # (total, per-tensor groups) of this step's one norm pass
+        if monitor is not None and (not norm_types or monitor.norm_type in norm_types):
+            # One pass gives the monitor its per-tensor norms and the step its total.
+            monitored = norms_of(all_grads, monitor.norm_type)
+            if norm_types:
+                total = monitored[0]
+        elif norm_types:
             one_group = len(work) == 1 and len(work[0][3]) == 1 or (
                 len(_split(all_grads)) == 1)
-            total = self._global_norm(all_grads, norm_types.pop(), one_group)
+            total = self._global_norm(all_grads, next(iter(norm_types)), one_group)
+        if total is not None:
             if grad_scale is not None:
                 results["grad_norm"] = total / grad_scale.to(total.device, non_blocking=True)
             else:
                 results["grad_norm"] = total
+        if monitor is not None and monitored is None:
+            monitored = norms_of(all_grads, monitor.norm_type)  # the monitor's own order
+        skipped_before = skipped_steps.clone() if monitor is not None else None
+        monitor_max_norm = None
 
         scale_by_dev: Dict = {}
         inf_by_dev: Dict = {}
@@ -495,6 +510,8 @@ class Adam(torch.optim.Optimizer):
                     hit = thresholds[id(max_norm)] = (t, {})
                 thr = hit
             skip_nonfinite = bool(group["skip_nonfinite"])
+            if clip and monitor_max_norm is None:
+                monitor_max_norm = thr[0] if thr is not None else float(max_norm)
             lr_by_dev: Dict = {}
             for device, idx in split:
                 if idx is None:
@@ -527,6 +544,21 @@ class Adam(torch.optim.Optimizer):
             if grad_scale is not None:
                 for orig, copy in copies:
                     orig.copy_(copy)
+        if monitor is not None:
+            self._feed_monitor(monitor, monitored, work, grad_scale,
+                               torch.gt(skipped_steps, skipped_before), monitor_max_norm)
+
+    @staticmethod
+    def _feed_monitor(monitor, monitored, work, grad_scale, skipped, max_norm) -> None:
+        """Record this step's (pre-clip, unscaled) norms in an attached GradMonitor."""
+        total, groups = monitored
+        params = [p for _, lists, _, _, _ in work for p in lists[0]]
+        per_tensor = aligned_per_tensor(len(params), groups, total.device, torch.float32)
+        total = total.to(torch.float32)
+        if grad_scale is not None:
+            scale = grad_scale.to(total.device, non_blocking=True)
+            total, per_tensor = total / scale, per_tensor / scale
+        monitor.record(total, per_tensor, params=params, max_norm=max_norm, skipped=skipped)
 
 
 class AdamW(Adam):
