@@ -13,6 +13,8 @@ from torch.autograd.graph import increment_version
 from ._native import _C, DTYPE_CODES, MATH_DTYPE
 from ._tensor_lists import (
     adam_device_list,
+    agc_device_list,
+    agc_workspace,
     adam_workspace,
     current_stream,
     device_list,
@@ -98,6 +100,29 @@ def group_clamp_(tensors: List[torch.Tensor], lo: float, hi: float) -> None:
         _C.cuda_multi_clamp(*device_list(tensors).args(), code, lo, hi, first.device.index,
                             current_stream(first.device))
     _bump_versions(tensors)
+
+
+def group_agc_cuda(params: List[torch.Tensor], grads: List[torch.Tensor], units: List[int],
+                   kind: int, p: float, clip_factor: float, eps: float) -> Optional[torch.Tensor]:
+    """Adaptive gradient clipping of one CUDA (device, dtype) group in at most two launches.
+
+    params[i] and grads[i]: dense, non-empty, of the group's dtype on its device, in units of
+    units[i] consecutive elements. Returns the number of clipped units (0-d int64 on the
+    device), or None when a gradient is listed twice (the caller then uses torch's ops,
+    which scale it once per occurrence).
+    """
+    first = grads[0]
+    device, dtype = first.device, first.dtype
+    dl = agc_device_list(params, grads, units)
+    if dl.duplicates:
+        return None
+    stream = current_stream(device)
+    ws = agc_workspace(device, stream, dl, dtype)
+    clipped = torch.empty((), dtype=torch.int64, device=device)  # the kernel always writes it
+    _C.cuda_agc(*dl.args(), DTYPE_CODES[dtype], kind, p, clip_factor, eps, ws.data_ptr(),
+                clipped.data_ptr(), device.index, stream)
+    _bump_versions(grads)
+    return clipped
 
 
 def _ptr(t: Optional[torch.Tensor]) -> int:

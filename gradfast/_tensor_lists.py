@@ -246,3 +246,49 @@ def adam_workspace(device: torch.device, stream: int, n: int) -> torch.Tensor:
     """Zeroed completion counters for the CUDA Adam kernel, one buffer per (device, stream),
     grown on demand; every launch leaves them zeroed."""
     return _workspace(_ADAM_WORKSPACES, device, stream, _C.cuda_adam_workspace_bytes(n), 1 << 12)
+
+
+class AgcDeviceList:
+    """The device-side table of one CUDA AGC group (layout in csrc/cuda/agc_table.h), built
+    by the native core on the host so that its item split is the kernels' own."""
+
+    __slots__ = ("meta", "n", "n_items", "n_big_units", "n_big_items", "duplicates")
+
+    def __init__(self, wptrs: List[int], gptrs: List[int], numels: List[int],
+                 units: List[int], device: torch.device) -> None:
+        table, self.n_items, self.n_big_units, self.n_big_items = _C.agc_cuda_table(
+            wptrs, gptrs, numels, units)
+        self.meta = _upload_table(table, device)
+        self.n = len(numels)
+        self.duplicates = has_duplicates(gptrs, numels)
+
+    def args(self):
+        return self.meta.data_ptr(), self.n, self.n_items, self.n_big_units, self.n_big_items
+
+
+_AGC_CACHE: "OrderedDict[tuple, AgcDeviceList]" = OrderedDict()
+
+
+def agc_device_list(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                    units: Sequence[int]) -> AgcDeviceList:
+    """The cached AgcDeviceList of (params, grads, unit sizes); rebuilt only when a pointer or
+    a size changes (as device_list)."""
+    wptrs = [t.data_ptr() for t in params]
+    gptrs = [t.data_ptr() for t in grads]
+    numels = [t.numel() for t in grads]
+    units = list(units)
+    device = grads[0].device
+    key = (device.index, tuple(wptrs), tuple(gptrs), tuple(numels), tuple(units))
+    return _cached(_AGC_CACHE, key, lambda: AgcDeviceList(wptrs, gptrs, numels, units, device))
+
+
+_AGC_WORKSPACES: Dict[tuple, torch.Tensor] = {}
+
+
+def agc_workspace(device: torch.device, stream: int, dl: AgcDeviceList,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """Zeroed scratch for the CUDA AGC kernels, one per (device, stream), grown on demand;
+    every launch leaves its counters zeroed. (Its own registry: the norm kernel needs all of
+    its scratch zeroed, the AGC kernels only their counters.)"""
+    need = _C.cuda_agc_workspace_bytes(dl.n_big_units, dl.n_big_items, DTYPE_CODES[dtype])
+    return _workspace(_AGC_WORKSPACES, device, stream, need, 1 << 12)

@@ -156,3 +156,137 @@ def test_nonfinite_and_missing_grads_and_norm_type():
 def test_no_grads():
     n = gradfast.adaptive_clip_grad_([nn.Parameter(torch.ones(3))])
     assert n.item() == 0
+
+
+# ------------------------------------------------------- the CUDA work split, on the host
+
+
+def _walk_agc_table(numels, units):
+    """Emulates both CUDA AGC launches over the table the native core builds
+    (csrc/cuda/agc_table.h), in element ranges: every element must be reduced exactly once,
+    by an item that sees its whole unit or by a slice of a unit whose partials and counter
+    are its own, and scaled exactly once."""
+    from gradfast._native import _C
+    n = len(numels)
+    wptrs = [0x1000 * (t + 1) for t in range(n)]
+    gptrs = [0x100000 * (t + 1) for t in range(n)]
+    table, n_items, n_big_units, n_big_items = _C.agc_cuda_table(wptrs, gptrs, numels, units)
+    assert len(table) == 7 * n + 2
+    row = lambda r, t: table[r * n + t]  # noqa: E731
+    first_item = table[5 * n:6 * n + 1]
+    first_big_item = table[6 * n + 1:7 * n + 2]
+    assert first_item[0] == 0 and first_item[-1] == n_items
+    assert first_big_item[0] == 0 and first_big_item[-1] == n_big_items
+    assert table[:n] == wptrs and table[n:2 * n] == gptrs
+    S = _C.AGC_SLICE_ELEMS
+    reduced = {t: [] for t in range(n)}   # (start, stop) element ranges read by launch 1
+    scaled = {t: [] for t in range(n)}    # ranges scaled by launch 1 or 2
+    parts, big_units_seen = set(), {}
+    item_owner = []
+    for t in range(n):
+        item_owner += [t] * (first_item[t + 1] - first_item[t])
+    for item in range(n_items):
+        t = item_owner[item]
+        unit, nunits = row(2, t), row(3, t)
+        group, upi, spu = _C.agc_cuda_shape(unit)
+        local = item - first_item[t]
+        if group > 0:
+            assert unit <= _C.AGC_GROUP_MAX_UNIT and spu == 1 and 1 <= group <= 32
+            assert (256 // group) * group == 256 and upi % (256 // group) == 0
+            u0, u1 = local * upi, min(local * upi + upi, nunits)
+            assert u0 < u1
+            reduced[t].append((u0 * unit, u1 * unit))
+            scaled[t].append((u0 * unit, u1 * unit))
+            continue
+        assert unit > _C.AGC_GROUP_MAX_UNIT and spu == -(-unit // S)
+        u, k = divmod(local, spu)
+        assert u < nunits
+        start, length = u * unit + k * S, min(S, unit - k * S)
+        assert 1 <= length <= S
+        reduced[t].append((start, start + length))
+        if spu == 1:
+            scaled[t].append((start, start + length))
+            continue
+        part = first_big_item[t] + local
+        assert first_big_item[t] <= part < first_big_item[t + 1] and part not in parts
+        parts.add(part)
+        bu = row(4, t) + u
+        assert 0 <= bu < n_big_units
+        big_units_seen.setdefault(bu, set()).add(k)
+    # Launch 2 walks the big items only.
+    big_owner = []
+    for t in range(n):
+        big_owner += [t] * (first_big_item[t + 1] - first_big_item[t])
+    for k in range(n_big_items):
+        t = big_owner[k]
+        unit = row(2, t)
+        spu = _C.agc_cuda_shape(unit)[2]
+        assert spu > 1
+        u, j = divmod(k - first_big_item[t], spu)
+        start = u * unit + j * S
+        scaled[t].append((start, start + min(S, unit - j * S)))
+    assert len(parts) == n_big_items
+    assert all(v == set(range(len(v))) and len(v) > 1 for v in big_units_seen.values())
+    assert sorted(big_units_seen) == list(range(n_big_units))
+    for t in range(n):
+        for ranges in (reduced[t], scaled[t]):
+            ranges.sort()
+            pos = 0
+            for a, b in ranges:
+                assert a == pos, (t, numels[t], units[t], a, pos)
+                pos = b
+            assert pos == numels[t]
+
+
+def test_agc_cuda_table_covers_every_unit_once():
+    S = 8192
+    cases = [
+        ([10], [10]),                         # a bias: one tiny unit
+        ([1], [1]),                           # a 0-d parameter
+        ([50257 * 768], [768]),               # an embedding: 50257 units, group mode
+        ([24 * 40, 24], [40, 24]),
+        ([3 * 2048, 3 * 2049], [2048, 2049]),  # the two sides of the group limit
+        ([4 * S, 2 * (S + 1), 5 * 3 * S], [S, S + 1, 3 * S]),  # one slice / several slices
+        ([10 ** 8], [10 ** 8]),               # a 1-D tensor far bigger than a slice
+        ([0, 12, 0, 7 * 5], [5, 3, 1, 5]),    # empty tensors own nothing
+        ([], []),
+    ]
+    for numels, units in cases:
+        _walk_agc_table(numels, units)
+    # Past 2^32 elements (too many slices to walk here): the sizes only.
+    from gradfast._native import _C
+    big = (1 << 32) + S
+    table, n_items, n_big_units, n_big_items = _C.agc_cuda_table([1, 2], [3, 4], [2 * big, 6],
+                                                                 [big, 3])
+    assert (n_big_units, n_big_items) == (2, 2 * ((1 << 19) + 1))
+    assert n_items == n_big_items + 1 and table[4 * 2 + 1] == 2  # the small tensor's base
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        n = int(torch.randint(1, 12, (), generator=gen))
+        units = [int(x) for x in torch.randint(1, 3 * S, (n,), generator=gen)]
+        counts = [int(x) for x in torch.randint(0, 40, (n,), generator=gen)]
+        _walk_agc_table([u * c for u, c in zip(units, counts)], units)
+
+
+def test_agc_cuda_table_rejects_bad_sizes():
+    from gradfast._native import _C
+    with pytest.raises(ValueError):
+        _C.agc_cuda_table([1], [2], [10], [3])   # not a multiple of the unit
+    with pytest.raises(ValueError):
+        _C.agc_cuda_table([1], [2], [10], [0])
+    with pytest.raises(ValueError):
+        _C.agc_cuda_table([1, 2], [3], [4], [4])
+
+
+def test_duplicate_gradient_goes_to_torch():
+    """A parameter listed twice: torch's ops (norms first, then one scaling per occurrence),
+    never the parallel kernel, whose threads would race on it."""
+    from gradfast.health.agc import _agc_torch
+    ours = layer_params(torch.float32)[:4]
+    ref = clone_params(ours)
+    n = gradfast.adaptive_clip_grad_(ours + ours[:1])
+    ref_list = ref + ref[:1]
+    n_ref = _agc_torch([r.detach() for r in ref_list], [r.grad for r in ref_list], 0.01, 1e-3, 2.0)
+    assert n.item() == n_ref.item()
+    for p, r in zip(ours, ref):
+        assert torch.equal(p.grad, r.grad)

@@ -38,6 +38,19 @@ void bind_cuda(py::module_& m) {
            int device, intptr_t stream) {
           cuda::multi_clamp(as_list(meta, n, n_chunks), (DType)dtype, lo, hi, device, stream);
         });
+  m.def("cuda_agc_workspace_bytes",
+        [](int64_t n_big_units, int64_t n_big_items, int dtype) {
+          return cuda::agc_workspace_bytes(n_big_units, n_big_items, (DType)dtype);
+        });
+  m.def("cuda_agc",
+        [](intptr_t meta, int64_t n, int64_t n_items, int64_t n_big_units, int64_t n_big_items,
+           int dtype, int kind, double p, double clip_factor, double eps, intptr_t workspace,
+           intptr_t clipped, int device, intptr_t stream) {
+          const cuda::AgcDeviceTable table{reinterpret_cast<const int64_t*>(meta), n, n_items,
+                                           n_big_units, n_big_items};
+          cuda::agc(table, (DType)dtype, (NormKind)kind, p, clip_factor, eps, as_ptr(workspace),
+                    as_ptr(clipped), device, stream);
+        });
 }
 #else
 void bind_cuda(py::module_&) {}

@@ -48,6 +48,32 @@ void multi_scale(const DeviceList& list, DType dt, const void* coef, int device,
 void multi_clamp(const DeviceList& list, DType dt, double lo, double hi, int device,
                  intptr_t stream);
 
+// One adaptive-gradient-clipping group on the device: the table of agc_table.h (built by
+// agc_build_table on the host and copied to the device) and its sizes.
+struct AgcDeviceTable {
+  const int64_t* meta;  // device pointer, kAgcTableRows * n + 2 int64
+  int64_t n;            // tensors
+  int64_t n_items;      // work items of the norm launch
+  int64_t n_big_units;  // units of several slices
+  int64_t n_big_items;  // their slices
+};
+
+// Bytes of scratch agc needs: counters, clip flags, factors and slice partials. It must be
+// 16-byte aligned and zeroed once when allocated; every launch pair leaves the counters
+// (the only part read before it is written) zeroed again, so launches replay inside a CUDA
+// graph and one workspace (large enough for each) serves any groups in turn on one stream.
+// Do not share it with multi_norm (whose scratch must all be zero), nor between streams.
+size_t agc_workspace_bytes(int64_t n_big_units, int64_t n_big_items, DType dt);
+
+// Same computation as cpu::agc (cpu/agc.h) on device memory: every unit of every gradient
+// is clipped by agc_math.h's rule, with unit norms of order (kind, p) in the math type.
+// *clipped_out (device int64) receives the number of clipped units. One launch computes the
+// unit norms, factors and the count and scales every unit of at most one slice; a second
+// launch, only when some unit spans several slices, scales those. No host sync, no
+// allocation, no floating-point atomics: bitwise reproducible.
+void agc(const AgcDeviceTable& table, DType dt, NormKind kind, double p, double clip_factor,
+         double eps, void* workspace, void* clipped_out, int device, intptr_t stream);
+
 // Devices the CUDA runtime linked into gradfast can see (0 without a driver; never throws).
 int device_count();
 

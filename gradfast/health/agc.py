@@ -18,9 +18,10 @@ from typing import Iterable, List, Optional, Tuple, Union
 
 import torch
 
-from .._native import _C, DTYPE_CODES
+from .._kernels import group_agc_cuda
+from .._native import _C, CUDA_COMPILED, DTYPE_CODES
 from .._norm_kind import norm_kind, parse_norm_type
-from .._tensor_lists import group_by_device_dtype, native_supported
+from .._tensor_lists import group_by_device_dtype, has_duplicates, native_supported
 
 __all__ = ["adaptive_clip_grad_"]
 
@@ -84,11 +85,15 @@ def adaptive_clip_grad_(
         the number of units whose gradient was scaled down, a 0-d int64 tensor on the
         first gradient's device (tensor(0) on the CPU when there is no gradient).
 
-    Each (device, dtype) group of dense gradients on the CPU is clipped by one native call
-    (unit norms, factors and scaling fused, multi-threaded, vectorised). Other inputs (CUDA
-    tensors, until the CUDA kernel lands; layouts whose dim 0 is not outermost in memory;
-    tensor subclasses; a parameter and gradient of different dtypes; negative norm orders)
-    go through an equivalent sequence of torch ops. No path synchronises with the device.
+    Each (device, dtype) group of dense gradients is clipped natively: on the CPU by one
+    call (unit norms, factors and scaling fused, multi-threaded, vectorised), on a CUDA
+    device by at most two kernel launches (unit norms, factors, the count and the scaling
+    of units up to 8192 elements in the first; the scaling of longer units in the second),
+    deterministic and CUDA-graph capturable. Other inputs (layouts whose dim 0 is not
+    outermost in memory; tensor subclasses; a parameter and gradient of different dtypes;
+    negative norm orders; a gradient listed twice; CUDA tensors in a build without
+    gradfast's CUDA kernels) go through an equivalent sequence of torch ops. No path
+    synchronises with the device.
     """
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
@@ -104,7 +109,7 @@ def adaptive_clip_grad_(
     other: List[Tuple[torch.Tensor, torch.Tensor]] = []
     for w, g in pairs:
         unit = _unit_size(g)
-        if (kind is not None and unit is not None and g.device.type == "cpu"
+        if (kind is not None and unit is not None and (g.is_cpu or (g.is_cuda and CUDA_COMPILED))
                 and w.dtype == g.dtype and w.device == g.device and _unit_size(w) == unit):
             if g.numel() > 0:
                 native.append((w, g, unit))
@@ -115,9 +120,20 @@ def adaptive_clip_grad_(
     if native:
         for (device, dtype), idx in group_by_device_dtype([g for _, g, _ in native]).items():
             group = [native[i] for i in idx]
+            if device.type == "cuda":
+                clipped = group_agc_cuda([w for w, _, _ in group], [g for _, g, _ in group],
+                                         [u for _, _, u in group], kind, p, clip_factor, eps)
+                if clipped is None:  # a gradient listed twice: torch's ops, in order
+                    other += [(w, g) for w, g, _ in group]
+                else:
+                    counts.append(clipped.to(first_device))
+                continue
+            gptrs, numels = [g.data_ptr() for _, g, _ in group], [g.numel() for _, g, _ in group]
+            if has_duplicates(gptrs, numels):  # the threads would race on it: torch's ops
+                other += [(w, g) for w, g, _ in group]
+                continue
             clipped = torch.zeros((), dtype=torch.int64)
-            _C.cpu_agc([w.data_ptr() for w, _, _ in group], [g.data_ptr() for _, g, _ in group],
-                       [g.numel() for _, g, _ in group], [u for _, _, u in group],
+            _C.cpu_agc([w.data_ptr() for w, _, _ in group], gptrs, numels, [u for _, _, u in group],
                        DTYPE_CODES[dtype], kind, p, clip_factor, eps, clipped.data_ptr(),
                        torch.get_num_threads())
             counts.append(clipped.to(first_device))
