@@ -186,7 +186,16 @@ def norm_workspace(device: torch.device, stream: int, n: int, n_chunks: int,
     return _workspace(_WORKSPACES, device, stream, need, 1 << 16)
 
 
+# torch's CUDA builds expose the current stream's raw handle directly (what torch.compile's
+# generated code uses); torch.cuda.current_stream builds a Stream object on every call.
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
 def current_stream(device: torch.device) -> int:
+    """The raw cudaStream_t of the current stream on device (the capture stream under CUDA
+    graph capture), as an int."""
+    if _RAW_STREAM is not None and device.index is not None:
+        return _RAW_STREAM(device.index)
     return torch.cuda.current_stream(device).cuda_stream
 
 

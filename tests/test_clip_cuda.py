@@ -494,3 +494,15 @@ def test_cuda_torch_compile():
             assert_grads_close_to_torch(pg, pt, gf, th)
     finally:
         torch._dynamo.reset()
+
+
+def test_current_stream_is_torchs_current_stream():
+    # gradfast launches on the raw handle of torch's current stream (a cheaper call than
+    # torch.cuda.current_stream): it must be the same stream, on a side stream too.
+    from gradfast._tensor_lists import current_stream
+    dev = torch.device("cuda", torch.cuda.current_device())
+    assert current_stream(dev) == torch.cuda.current_stream(dev).cuda_stream
+    side = torch.cuda.Stream(dev)
+    with torch.cuda.stream(side):
+        assert current_stream(dev) == side.cuda_stream
+    assert current_stream(dev) == torch.cuda.current_stream(dev).cuda_stream
