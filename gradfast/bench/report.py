@@ -100,8 +100,11 @@ def _skipped_groups(doc: Doc) -> List[Tuple[str, List[str]]]:
 def _headline(doc: Doc) -> List[str]:
     env, s = doc["environment"], doc["settings"]
     m = env["machine"]
+    cfg = env.get("gradfast_config") or {}
     where = m.get("gpu_name") if s["device"] == "cuda" else (
-        f"{m['cpu_model']}, {m['logical_cpus']} CPUs, {m['torch_threads']} torch threads")
+        f"{m['cpu_model']}, {m['logical_cpus']} CPUs, {m['torch_threads']} torch threads"
+        + (f", gradfast CPU kernels on {cfg['cpu_backend']} threads ({cfg.get('cpu_simd')})"
+           if cfg.get("cpu_backend") else ""))
     git = env["git"]
     commit = (git["commit"][:12] + ("+dirty" if git.get("dirty") else "")) if git.get(
         "commit") else "unknown"
