@@ -106,13 +106,17 @@ def test_cli_rejects_unknown_command(tmp_path):
     assert "invalid choice" in proc.stderr
 
 
-def test_cli_honours_cpu_isa_cap(tmp_path):
+@pytest.mark.parametrize("variable, value, key", [
+    ("GRADFAST_CPU_ISA", "generic", "cpu_simd"),      # a cap on the SIMD level
+    ("GRADFAST_CPU_BACKEND", "pool", "cpu_backend"),  # gradfast's own threads
+])
+def test_cli_honours_run_time_settings(tmp_path, variable, value, key):
     env = _env()
-    env["GRADFAST_CPU_ISA"] = "generic"
+    env[variable] = value
     proc = subprocess.run([sys.executable, "-m", "gradfast", "info", "--json"], env=env,
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["cpu_simd"] == "generic"
+    assert json.loads(proc.stdout)[key] == value
 
 
 @pytest.mark.skipif(os.environ.get("GRADFAST_EXPECT_CUDA_COMPILED") != "1",
@@ -130,15 +134,6 @@ def test_cpu_path_works_without_a_gpu():
     g = torch.randn(1000)
     torch.testing.assert_close(gradfast.get_total_norm([g]), torch.linalg.vector_norm(g),
                                rtol=1e-6, atol=0)
-
-
-def test_cli_honours_cpu_backend_choice(tmp_path):
-    env = _env()
-    env["GRADFAST_CPU_BACKEND"] = "pool"
-    proc = subprocess.run([sys.executable, "-m", "gradfast", "info", "--json"], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["cpu_backend"] == "pool"
 
 
 def test_set_cpu_backend_switches_and_validates():
