@@ -31,6 +31,22 @@ if [ "${RUN_SANITIZER:-1}" = 1 ] && command -v compute-sanitizer > /dev/null; th
     > "$OUT/sanitizer.log" 2>&1
   echo "sanitizer memcheck (agc) rc=$?" | tee -a "$OUT/env.txt"
   tail -5 "$OUT/sanitizer.log"
+  # The opt-in one-launch clip + Adam kernel (cooperative grid sync): memcheck and synccheck.
+  for tool in memcheck synccheck; do
+    timeout ${SANITIZER_TIMEOUT:-150} compute-sanitizer --tool $tool \
+      --error-exitcode 3 python3 -m pytest tests/test_adam_cuda.py -q -p no:cacheprovider \
+      -k "one_launch and (fallback or skip_nonfinite or misaligned)" > "$OUT/sanitizer_one_launch_$tool.log" 2>&1
+    echo "sanitizer $tool (one-launch clip + Adam) rc=$?" | tee -a "$OUT/env.txt"
+    tail -5 "$OUT/sanitizer_one_launch_$tool.log"
+  done
+fi
+
+if [ "${RUN_ADAM_BENCH:-1}" = 1 ]; then
+  # gradfast's clip + Adam with two launches (default) and one (GRADFAST_ADAM_LAUNCHES=1).
+  timeout ${ADAM_BENCH_TIMEOUT:-240} python3 -m gradfast.bench.adam_cuda \
+    --json "$OUT/adam_cuda.json" > "$OUT/adam_cuda.log" 2>&1
+  echo "adam_cuda bench rc=$?" | tee -a "$OUT/env.txt"
+  tail -15 "$OUT/adam_cuda.log"
 fi
 
 if [ "${RUN_BENCH:-1}" = 1 ]; then

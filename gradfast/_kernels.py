@@ -196,3 +196,69 @@ def group_adam(
     if grad_scale is not None:
         written += grads
     _bump_versions(written)
+
+
+def group_clip_adam(
+    params: List[torch.Tensor],
+    grads: List[torch.Tensor],
+    exp_avgs: List[torch.Tensor],
+    exp_avg_sqs: List[torch.Tensor],
+    max_exp_avg_sqs: List[torch.Tensor],
+    steps: List[torch.Tensor],
+    lr: float,
+    lr_t: Optional[torch.Tensor],
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    wd_mode: int,
+    l1: float,
+    maximize: bool,
+    amsgrad: bool,
+    grad_scale: Optional[torch.Tensor],
+    found_inf: Optional[torch.Tensor],
+    p: float,
+    kind: int,
+    clip: bool,
+    max_norm: float,
+    skip_nonfinite: bool,
+    skipped: Optional[torch.Tensor],
+    max_norm_t: Optional[torch.Tensor] = None,
+    cooperative: bool = True,
+) -> Tuple[torch.Tensor, int]:
+    """The global norm of `grads` and the fused Adam step of one CUDA (device, dtype) group
+    that holds every grad of the step, in one cooperative launch (opt-in, see
+    gradfast.optim.adam): the norm is bitwise group_norm's, the update bitwise group_adam's
+    with that norm as `total`.
+
+    Returns (total, launches): the total norm (0-d, the grads' dtype, on the device) and
+    the number of launches that ran, 1, or 2 when the device cannot launch cooperative
+    kernels, the launch failed, or cooperative=False (the two-launch path then ran on the
+    same outputs and workspaces). Nothing here synchronises with the device.
+    """
+    first = params[0]
+    device, dtype = first.device, first.dtype
+    code = DTYPE_CODES[dtype]
+    total = torch.empty((), dtype=dtype, device=device)
+    hyper = (beta1, beta2, eps, weight_decay, l1, maximize)
+    flags = (amsgrad, wd_mode, l1 != 0.0, grad_scale is not None)
+    # The total's pointer and dtype are the kernel's own output (total): 0 here.
+    control = (lr, _ptr(lr_t), DTYPE_CODES[lr_t.dtype] if lr_t is not None else 0,
+               _ptr(grad_scale), _ptr(found_inf), 0, code, clip, max_norm,
+               skip_nonfinite, _ptr(max_norm_t),
+               DTYPE_CODES[max_norm_t.dtype] if max_norm_t is not None else 0)
+    gl = device_list(grads)
+    dl = adam_device_list(
+        (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps), amsgrad)
+    stream = current_stream(device)
+    norm_ws = norm_workspace(device, stream, gl.n, gl.n_chunks, dtype)
+    adam_ws = adam_workspace(device, stream, dl.n)
+    launches = _C.cuda_clip_adam_step(
+        *gl.args(), *dl.args(), code, kind, p, norm_ws.data_ptr(), total.data_ptr(), 0,
+        hyper, flags, control, _ptr(skipped), adam_ws.data_ptr(), cooperative, device.index,
+        stream)
+    written = params + exp_avgs + exp_avg_sqs + (max_exp_avg_sqs if amsgrad else []) + steps
+    if grad_scale is not None:
+        written += grads
+    _bump_versions(written)
+    return total, launches

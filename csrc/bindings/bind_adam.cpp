@@ -111,6 +111,24 @@ void bind_adam(py::module_& m) {
                           reinterpret_cast<long long*>(skipped),
                           reinterpret_cast<void*>(workspace), device, stream);
         });
+  // The opt-in one-launch clip + Adam step (adam_cuda.h clip_adam_step): the grads' norm
+  // table (device_list) and the Adam table, the norm order, both workspaces, the total
+  // (grad dtype) and optional clip coefficient outputs. control's total pointer and dtype
+  // are ignored. Returns the launches that ran: 1, or 2 when it fell back.
+  m.def("cuda_clip_adam_step",
+        [](intptr_t norm_meta, int64_t norm_n, int64_t n_chunks, intptr_t meta, int64_t n,
+           int64_t n_tiles, int dtype, int kind, double p, intptr_t norm_workspace,
+           intptr_t total, intptr_t coef, const Hyper& hyper, const Flags& flags,
+           const Control& control, intptr_t skipped, intptr_t adam_workspace,
+           bool cooperative, int device, intptr_t stream) {
+          return cuda::clip_adam_step(
+              {reinterpret_cast<const int64_t*>(norm_meta), norm_n, n_chunks},
+              {reinterpret_cast<const int64_t*>(meta), n, n_tiles}, (DType)dtype,
+              (NormKind)kind, p, reinterpret_cast<void*>(norm_workspace),
+              reinterpret_cast<void*>(total), reinterpret_cast<void*>(coef), to_hyper(hyper),
+              to_flags(flags), to_control(control), reinterpret_cast<long long*>(skipped),
+              reinterpret_cast<void*>(adam_workspace), cooperative, device, stream);
+        });
 #endif
 }
 

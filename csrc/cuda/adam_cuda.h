@@ -17,13 +17,14 @@
 // and the block that finishes a tensor's last tile (per-tensor completion counters in a
 // workspace, zeroed once and left zeroed by every launch) writes the incremented count.
 // With clipping, the global norm comes from a separate, earlier launch (cuda::multi_norm),
-// so clip + Adam is two launches per group.
+// so clip + Adam is two launches per group; clip_adam_step below (opt-in) does both in one.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 
 #include "../gradfast/adam_math.h"
 #include "../gradfast/dtype.h"
+#include "cuda_ops.h"
 
 namespace gradfast::cuda {
 
@@ -44,5 +45,28 @@ size_t adam_workspace_bytes(int64_t n_tensors);
 void adam_step(const AdamDeviceList& list, DType dt, const AdamHyper& hyper,
                const AdamFlags& flags, const AdamControl& control, long long* skipped_counter,
                void* workspace, int device, intptr_t stream);
+
+// One-launch global-norm clip + Adam step (clip_adam.cu), for a step whose every grad is in
+// this one (device, dtype) group: `grads` is the multi_norm table of the group's grads (the
+// same tensors, in the same order, as the grad row of `list`).
+//
+// One cooperative persistent kernel: phase 1 is multi_norm's norm_phase (same chunking,
+// partials and fold order, so *total_out, in the grads' dtype, and *coef_out, optional, get
+// the bits multi_norm gives), a grid-wide barrier, then phase 2 is the Adam update of
+// adam_step (same per-element code, step-count protocol and skip decision), with the clip
+// and skip decision read from the total phase 1 wrote: control.total_norm and total_dtype
+// are ignored and replaced by total_out and dt.
+//
+// Falls back to the two launches (multi_norm, then adam_step, on the same outputs and
+// workspaces) when `cooperative` is false, when the device cannot launch cooperative
+// kernels, or when the cooperative launch returns an error. Returns the number of launches
+// that ran: 1 (the cooperative kernel) or 2 (the fallback). No host sync, no allocation;
+// both workspaces (norm_workspace_bytes, adam_workspace_bytes) are zeroed once when
+// allocated and left zeroed by every call, so calls replay inside a CUDA graph.
+int clip_adam_step(const DeviceList& grads, const AdamDeviceList& list, DType dt,
+                   NormKind kind, double p, void* norm_workspace, void* total_out,
+                   void* coef_out, const AdamHyper& hyper, const AdamFlags& flags,
+                   const AdamControl& control, long long* skipped_counter,
+                   void* adam_workspace, bool cooperative, int device, intptr_t stream);
 
 }  // namespace gradfast::cuda

@@ -32,6 +32,22 @@ inline int sm_count(int device) {
   return v;
 }
 
+// Whether `device` can launch cooperative kernels (cudaDevAttrCooperativeLaunch), asked once
+// per device.
+inline bool cooperative_launch_supported(int device) {
+  static std::atomic<int> cache[kMaxCachedDevices];  // 0 = not asked, 1 = no, 2 = yes
+  const bool cacheable = device >= 0 && device < kMaxCachedDevices;
+  if (cacheable) {
+    const int v = cache[device].load(std::memory_order_relaxed);
+    if (v > 0) return v == 2;
+  }
+  int v = 0;
+  check(cudaDeviceGetAttribute(&v, cudaDevAttrCooperativeLaunch, device),
+        "cudaDeviceGetAttribute(CooperativeLaunch)");
+  if (cacheable) cache[device].store(v ? 2 : 1, std::memory_order_relaxed);
+  return v != 0;
+}
+
 // Blocks of `Kernel` (launched with Block threads, no dynamic shared memory) resident on one
 // multiprocessor at once, asked once per (kernel, device): each kernel instantiation gets its
 // own cache through the template argument. `device` must be current (DeviceGuard).

@@ -6,14 +6,19 @@ Two models, fp32: "large" (8 tensors of 2^24 elements, 134M parameters, far beyo
 "lstm" (torch.nn.LSTM(224, 224): 4 tensors, 0.4M parameters). For each variant, N
 back-to-back steps (each clip_grad_norm_(max_norm=1.0) + step(); gradfast: step() with
 max_grad_norm=1.0) are timed with CUDA events, wall clock included, after warm-up; the
-median over rounds is reported. The roofline is 32 bytes per parameter (grads read twice,
+median over rounds is reported. gradfast runs twice: with its default clip + Adam (two
+launches: the norm kernel, then the update kernel) and with GRADFAST_ADAM_LAUNCHES=1 (the
+opt-in cooperative kernel doing both in one launch; "launches" in the JSON says which ran:
+1, or 2 where it fell back). The roofline is 32 bytes per parameter (grads read twice,
 param/exp_avg/exp_avg_sq read and written) at the bandwidth a device-to-device copy
 reaches on the same GPU.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 
 import torch
@@ -44,6 +49,22 @@ def make(kind):
     return params
 
 
+@contextlib.contextmanager
+def _env(name, value):
+    old = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 def time_steps(fn, steps, rounds=7):
     for _ in range(3):
         fn()
@@ -62,6 +83,7 @@ def time_steps(fn, steps, rounds=7):
 
 def main(argv=None) -> int:
     import gradfast.optim
+    from gradfast.optim.adam import LAUNCHES_ENV
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
@@ -73,10 +95,13 @@ def main(argv=None) -> int:
         params = make(kind)
         n = sum(p.numel() for p in params)
         rows = {}
-        for name, mk, clip in (
-            ("torch clip + Adam (foreach)", lambda ps: torch.optim.Adam(ps, lr=1e-4), True),
-            ("torch clip + Adam (fused)", lambda ps: torch.optim.Adam(ps, lr=1e-4, fused=True), True),
-            ("gradfast Adam(max_grad_norm)", lambda ps: gradfast.optim.Adam(ps, lr=1e-4, max_grad_norm=1.0), False),
+        launches = {}
+        gf = lambda ps: gradfast.optim.Adam(ps, lr=1e-4, max_grad_norm=1.0)  # noqa: E731
+        for name, mk, clip, env in (
+            ("torch clip + Adam (foreach)", lambda ps: torch.optim.Adam(ps, lr=1e-4), True, None),
+            ("torch clip + Adam (fused)", lambda ps: torch.optim.Adam(ps, lr=1e-4, fused=True), True, None),
+            ("gradfast Adam(max_grad_norm)", gf, False, None),
+            ("gradfast Adam(max_grad_norm), 1 launch", gf, False, "1"),
         ):
             opt = mk(params)
 
@@ -85,17 +110,21 @@ def main(argv=None) -> int:
                     torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
 
-            rows[name] = time_steps(step, steps)
+            with _env(LAUNCHES_ENV, env):
+                rows[name] = time_steps(step, steps)
+            if env is not None:
+                launches[name] = getattr(opt, "_gf_launches", None)
             del opt
             torch.cuda.empty_cache()
         roof_ms = 32 * n / bw * 1e3
         results["models"][kind] = {"params": n, "tensors": len(params), "ms": rows,
-                                   "roofline_ms": roof_ms}
+                                   "roofline_ms": roof_ms, "launches": launches}
         print(f"== {kind}: {n} params in {len(params)} tensors; 32 B/param roofline "
               f"{roof_ms:.3f} ms at {bw / 1e9:.0f} GB/s")
         g = rows["gradfast Adam(max_grad_norm)"]
         for name, ms in rows.items():
-            print(f"  {name:<32} {ms:9.4f} ms/step   x{ms / g:5.2f} of gradfast's time")
+            note = f"   (launches: {launches[name]})" if name in launches else ""
+            print(f"  {name:<40} {ms:9.4f} ms/step   x{ms / g:5.2f} of gradfast's time{note}")
         print(f"  gradfast at {roof_ms / g * 100:.1f}% of the roofline")
         del params
         torch.cuda.empty_cache()

@@ -20,6 +20,13 @@ gradfast's keyword-only extras (per parameter group, like every hyperparameter):
     gradient's dtype, without writing clipped gradients back. On CUDA the norm is one
     launch (gradfast's multi-tensor norm kernel) and the update reads the norm from device
     memory: clip + Adam is two launches per (device, dtype) group, with no host sync.
+    Opt-in, with the environment variable ``GRADFAST_ADAM_LAUNCHES=1`` (read each step): a
+    step whose every gradient is in one CUDA (device, dtype) group of one parameter group,
+    with a norm order the native kernels compute and a number or Tensor threshold (not
+    AutoClip, whose threshold is computed from the norm between the two launches), and no
+    attached GradMonitor, runs the norm and the update in one cooperative launch instead,
+    with bitwise the same results (falling back to the two launches where the device
+    cannot launch it). Unset or ``2``: always the two launches.
 ``grad_norm_type`` (2.0)
     The order of that norm (as clip_grad_norm_'s ``norm_type``). Groups that clip or skip
     must agree on it.
@@ -56,12 +63,13 @@ stored in ``param_groups`` as torch does) but ignored.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .. import _ops, _torch_fallback
+from .. import _kernels, _ops, _torch_fallback
 from .._native import DTYPE_CODES
 from .._norm_kind import norm_kind, parse_norm_type
 from .._tensor_lists import group_by_device_dtype, is_dense, native_supported
@@ -74,6 +82,34 @@ __all__ = ["Adam", "AdamW"]
 _WD_NONE, _WD_L2, _WD_DECOUPLED = 0, 1, 2
 
 _NATIVE_DTYPES = tuple(DTYPE_CODES)
+
+# GRADFAST_ADAM_LAUNCHES=1 asks for the one-launch clip + Adam step where it applies
+# (_one_launch_kind); unset, 2 or anything else: the default two launches.
+LAUNCHES_ENV = "GRADFAST_ADAM_LAUNCHES"
+
+
+def _one_launch_kind(work, norm_types, monitor) -> Optional[int]:
+    """The NormKind code of the norm when this step can run as one clip + Adam launch
+    (_kernels.group_clip_adam), else None.
+
+    It can when the norm is the only one the step needs and covers exactly the grads of
+    one native update: one work item (parameter group) with one (device, dtype) split on a
+    CUDA device, a norm order with a native kernel, a threshold that is a number or a
+    Tensor (AutoClip-like objects compute theirs from the norm between the launches), no
+    attached monitor (it takes its own norm pass), and eager mode (no custom op for it).
+    """
+    if monitor is not None or len(work) != 1 or len(norm_types) != 1:
+        return None
+    group, _, _, split, _ = work[0]
+    if len(split) != 1 or split[0][0].type != "cuda":
+        return None
+    max_norm = group["max_grad_norm"]
+    if max_norm is not None and not isinstance(max_norm, Tensor) and \
+            callable(getattr(max_norm, "threshold", None)):
+        return None
+    if _ops.compiling():
+        return None
+    return norm_kind(next(iter(norm_types)))
 
 
 def _split(tensors: List[Tensor]):
@@ -222,6 +258,9 @@ class Adam(torch.optim.Optimizer):
         self._checked_state: Dict = {}
         self._plans: Dict[int, GroupPlan] = {}
         self._gf_monitor = None  # a GradMonitor fed by step() (GradMonitor.attach)
+        # With GRADFAST_ADAM_LAUNCHES=1: the launches the last step's clip + Adam took (1,
+        # or 2 when the one-launch kernel fell back), None when it was not eligible.
+        self._gf_launches: Optional[int] = None
 
     @property
     def grad_norm(self) -> Optional[Tensor]:
@@ -270,6 +309,7 @@ class Adam(torch.optim.Optimizer):
         self._checked_state = {}
         self._plans = {}
         self.__dict__.setdefault("_gf_monitor", None)
+        self.__dict__.setdefault("_gf_launches", None)
         if "_gf_results" not in self.__dict__:
             self._gf_results = {"grad_norm": None, "skipped_steps": None}
         self._step_supports_amp_scaling = True
@@ -463,15 +503,22 @@ class Adam(torch.optim.Optimizer):
         monitor = self._gf_monitor
         total = None
         monitored = None  # (total, per-tensor groups) of this step's one norm pass
+        one_launch = None  # the norm kind when the norm runs in the update's launch
         if monitor is not None and (not norm_types or monitor.norm_type in norm_types):
             # One pass gives the monitor its per-tensor norms and the step its total.
             monitored = norms_of(all_grads, monitor.norm_type)
             if norm_types:
                 total = monitored[0]
         elif norm_types:
-            one_group = len(work) == 1 and len(work[0][3]) == 1 or (
-                len(_split(all_grads)) == 1)
-            total = self._global_norm(all_grads, next(iter(norm_types)), one_group)
+            if os.environ.get(LAUNCHES_ENV) == "1":
+                one_launch = _one_launch_kind(work, norm_types, monitor)
+                self._gf_launches = None
+            if one_launch is None:
+                one_group = len(work) == 1 and len(work[0][3]) == 1 or (
+                    len(_split(all_grads)) == 1)
+                total = self._global_norm(all_grads, next(iter(norm_types)), one_group)
+            else:
+                _check_empty(all_grads, next(iter(norm_types)))
         if total is not None:
             if grad_scale is not None:
                 results["grad_norm"] = total / grad_scale.to(total.device, non_blocking=True)
@@ -529,6 +576,25 @@ class Adam(torch.optim.Optimizer):
                 skipped = None
                 if not counter_used and device == skipped_steps.device:
                     skipped, counter_used = skipped_steps, True
+                if one_launch is not None:
+                    # The only work item, every grad of the step: norm + update in one launch.
+                    total, self._gf_launches = _kernels.group_clip_adam(
+                        params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps, lr_f, lr_t,
+                        beta1, beta2, float(group["eps"]), wd, wd_mode,
+                        float(group["l1_weight_decay"]), bool(group["maximize"]),
+                        bool(group["amsgrad"]), self._on(scale_by_dev, grad_scale, device),
+                        self._on(inf_by_dev, found_inf, device),
+                        next(iter(norm_types)), one_launch, clip,
+                        float(max_norm) if clip and thr is None else 0.0, skip_nonfinite,
+                        skipped,
+                        self._on(thr[1], thr[0], device, _NATIVE_DTYPES)
+                        if thr is not None else None)
+                    if grad_scale is not None:
+                        results["grad_norm"] = total / grad_scale.to(total.device,
+                                                                      non_blocking=True)
+                    else:
+                        results["grad_norm"] = total
+                    continue
                 _ops.group_adam(
                     sub[0], sub[1], sub[2], sub[3], sub_max, sub_steps, lr_f, lr_t, beta1,
                     beta2, float(group["eps"]), wd, wd_mode, float(group["l1_weight_decay"]),
