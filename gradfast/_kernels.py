@@ -129,6 +129,27 @@ def _ptr(t: Optional[torch.Tensor]) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+def _adam_scalars(lr, lr_t, beta1, beta2, eps, weight_decay, wd_mode, l1, maximize, amsgrad,
+                  grad_scale, found_inf, total_ptr, total_code, clip, max_norm,
+                  skip_nonfinite, max_norm_t):
+    """(hyper, flags, control) tuples of the native Adam entry points (csrc/bindings)."""
+    hyper = (beta1, beta2, eps, weight_decay, l1, maximize)
+    flags = (amsgrad, wd_mode, l1 != 0.0, grad_scale is not None)
+    control = (lr, _ptr(lr_t), DTYPE_CODES[lr_t.dtype] if lr_t is not None else 0,
+               _ptr(grad_scale), _ptr(found_inf), total_ptr, total_code, clip, max_norm,
+               skip_nonfinite, _ptr(max_norm_t),
+               DTYPE_CODES[max_norm_t.dtype] if max_norm_t is not None else 0)
+    return hyper, flags, control
+
+
+def _bump_adam_versions(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                        amsgrad, unscaled) -> None:
+    written = params + exp_avgs + exp_avg_sqs + (max_exp_avg_sqs if amsgrad else []) + steps
+    if unscaled:  # GradScaler: the unscaled grads are written back
+        written += grads
+    _bump_versions(written)
+
+
 def group_adam(
     params: List[torch.Tensor],
     grads: List[torch.Tensor],
@@ -167,13 +188,10 @@ def group_adam(
     """
     first = params[0]
     code = DTYPE_CODES[first.dtype]
-    hyper = (beta1, beta2, eps, weight_decay, l1, maximize)
-    flags = (amsgrad, wd_mode, l1 != 0.0, grad_scale is not None)
-    control = (lr, _ptr(lr_t), DTYPE_CODES[lr_t.dtype] if lr_t is not None else 0,
-               _ptr(grad_scale), _ptr(found_inf), _ptr(total),
-               DTYPE_CODES[total.dtype] if total is not None else 0, clip, max_norm,
-               skip_nonfinite, _ptr(max_norm_t),
-               DTYPE_CODES[max_norm_t.dtype] if max_norm_t is not None else 0)
+    hyper, flags, control = _adam_scalars(
+        lr, lr_t, beta1, beta2, eps, weight_decay, wd_mode, l1, maximize, amsgrad, grad_scale,
+        found_inf, _ptr(total), DTYPE_CODES[total.dtype] if total is not None else 0, clip,
+        max_norm, skip_nonfinite, max_norm_t)
     if first.device.type == "cpu":
         if host is None:
             host = ([t.data_ptr() for t in exp_avgs], [t.data_ptr() for t in exp_avg_sqs],
@@ -192,10 +210,8 @@ def group_adam(
         ws = adam_workspace(device, stream, dl.n)
         _C.cuda_adam_step(*dl.args(), code, hyper, flags, control, _ptr(skipped),
                           ws.data_ptr(), device.index, stream)
-    written = params + exp_avgs + exp_avg_sqs + (max_exp_avg_sqs if amsgrad else []) + steps
-    if grad_scale is not None:
-        written += grads
-    _bump_versions(written)
+    _bump_adam_versions(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, amsgrad,
+                        grad_scale is not None)
 
 
 def group_clip_adam(
@@ -240,13 +256,10 @@ def group_clip_adam(
     device, dtype = first.device, first.dtype
     code = DTYPE_CODES[dtype]
     total = torch.empty((), dtype=dtype, device=device)
-    hyper = (beta1, beta2, eps, weight_decay, l1, maximize)
-    flags = (amsgrad, wd_mode, l1 != 0.0, grad_scale is not None)
-    # The total's pointer and dtype are the kernel's own output (total): 0 here.
-    control = (lr, _ptr(lr_t), DTYPE_CODES[lr_t.dtype] if lr_t is not None else 0,
-               _ptr(grad_scale), _ptr(found_inf), 0, code, clip, max_norm,
-               skip_nonfinite, _ptr(max_norm_t),
-               DTYPE_CODES[max_norm_t.dtype] if max_norm_t is not None else 0)
+    # The total's pointer is the kernel's own output (total): 0 here.
+    hyper, flags, control = _adam_scalars(
+        lr, lr_t, beta1, beta2, eps, weight_decay, wd_mode, l1, maximize, amsgrad, grad_scale,
+        found_inf, 0, code, clip, max_norm, skip_nonfinite, max_norm_t)
     gl = device_list(grads)
     dl = adam_device_list(
         (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps), amsgrad)
@@ -257,8 +270,6 @@ def group_clip_adam(
         *gl.args(), *dl.args(), code, kind, p, norm_ws.data_ptr(), total.data_ptr(), 0,
         hyper, flags, control, _ptr(skipped), adam_ws.data_ptr(), cooperative, device.index,
         stream)
-    written = params + exp_avgs + exp_avg_sqs + (max_exp_avg_sqs if amsgrad else []) + steps
-    if grad_scale is not None:
-        written += grads
-    _bump_versions(written)
+    _bump_adam_versions(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, amsgrad,
+                        grad_scale is not None)
     return total, launches

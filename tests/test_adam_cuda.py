@@ -166,7 +166,8 @@ def test_skip_nonfinite_bitwise_unchanged_without_sync(bad):
     assert int(opt.skipped_steps) == 1
 
 
-def test_no_host_sync_in_steady_state():
+@pytest.mark.parametrize("n_launches", [None, "1"], ids=["default", "one-launch"])
+def test_no_host_sync_in_steady_state(n_launches):
     base = make_params(torch.float32, seed=7)
     ours = clone_params(base)
     lr = torch.tensor(1e-3, device=DEV)
@@ -174,19 +175,22 @@ def test_no_host_sync_in_steady_state():
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9)
     gen = torch.Generator().manual_seed(6)
     grads = [random_grads(base, gen) for _ in range(4)]
-    set_grads([ours], grads[0])
-    opt.step()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for g in grads[1:]:
-            for p, gg in zip(ours, g):
-                p.grad.copy_(gg)
-            opt.step()
-            sched.step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    with launches(n_launches):  # GRADFAST_ADAM_LAUNCHES (see the one-launch tests below)
+        set_grads([ours], grads[0])
+        opt.step()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for g in grads[1:]:
+                for p, gg in zip(ours, g):
+                    p.grad.copy_(gg)
+                opt.step()
+                sched.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
     assert float(opt.state[ours[0]]["step"]) == 4.0
+    if n_launches == "1":
+        assert opt._gf_launches == 1
 
 
 def test_grad_scaler_matches_torch_fused():
@@ -558,31 +562,6 @@ def test_one_launch_is_one_kernel():
     assert sum("clip_adam_kernel" in n for n in names) == 1, names
     assert not any("multi_norm_kernel" in n or "::adam_kernel<" in n for n in names), names
     assert opt._gf_launches == 1
-
-
-def test_one_launch_no_host_sync_in_steady_state():
-    base = make_params(torch.float32, seed=27)
-    ours = clone_params(base)
-    lr = torch.tensor(1e-3, device=DEV)
-    opt = Adam(ours, lr=lr, max_grad_norm=1.0, skip_nonfinite=True, l1_weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9)
-    gen = torch.Generator().manual_seed(27)
-    grads = [random_grads(base, gen) for _ in range(4)]
-    with launches("1"):
-        set_grads([ours], grads[0])
-        opt.step()
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            for g in grads[1:]:
-                for p, gg in zip(ours, g):
-                    p.grad.copy_(gg)
-                opt.step()
-                sched.step()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    assert opt._gf_launches == 1
-    assert float(opt.state[ours[0]]["step"]) == 4.0
 
 
 def test_one_launch_cuda_graph_capture_and_replay():

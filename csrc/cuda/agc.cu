@@ -34,6 +34,7 @@
 #include "chunk_loop.cuh"
 #include "cuda_ops.h"
 #include "device_guard.h"
+#include "norm_phase.cuh"
 
 namespace gradfast::cuda {
 namespace {
@@ -43,7 +44,7 @@ constexpr int kAgcWarps = kAgcBlock / 32;
 static_assert(kAgcBlock % 32 == 0 && kAgcBlock >= 128, "read_chunk needs >= 64 threads");
 static_assert(kAgcSliceElems <= (int64_t)1 << 30, "a slice length must fit an int");
 
-size_t align16(size_t x) { return (x + 15) & ~(size_t)15; }
+using norm_detail::align16;
 
 // Workspace layout, shared by agc_workspace_bytes and the launch:
 //   [0, 4)       unsigned: blocks of launch 1 done (0 between launches)
@@ -83,36 +84,14 @@ struct AgcArgs {
   double clip_factor, eps;
 };
 
-// This thread's accumulator over its elements of one slice (one accumulator per vector
-// lane, folded by a fixed tree), as multi_norm.cu's thread_accumulate.
+using norm_detail::arrive_last;
+
+// This thread's accumulator over its elements of one slice (norm_phase.cuh's, with this
+// kernel's block size and loads in flight).
 template <NormKind K, typename T>
 __device__ __forceinline__ math_t<T> slice_accumulate(const NormOp<K, math_t<T>>& op,
                                                       const T* base, int len) {
-  using A = math_t<T>;
-  constexpr int V = Vec16<T>::kN;
-  A acc[V];
-#pragma unroll
-  for (int e = 0; e < V; ++e) acc[e] = op.identity();
-  read_chunk<T, kAgcBlock, kAgcIlp>(
-      base, len, [&](int e, T x) { acc[e] = op.accumulate(acc[e], load_math(x)); });
-#pragma unroll
-  for (int w = V / 2; w > 0; w /= 2) {
-#pragma unroll
-    for (int e = 0; e < w; ++e) acc[e] = op.combine(acc[e], acc[e + w]);
-  }
-  return acc[0];
-}
-
-// Thread 0 bumps `counter` (mod `last`+1) after making this block's earlier global writes
-// visible, and tells the whole block whether it was the last of `last`+1 arrivals.
-__device__ __forceinline__ bool arrive_last(unsigned* counter, unsigned last, bool* flag) {
-  if (threadIdx.x == 0) {
-    __threadfence();
-    *flag = atomicInc(counter, last) == last;  // wraps to 0 on the last arrival
-    __threadfence();
-  }
-  __syncthreads();
-  return *flag;
+  return norm_detail::thread_accumulate<K, T, kAgcBlock, kAgcIlp>(op, base, len);
 }
 
 template <typename T>

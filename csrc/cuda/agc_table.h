@@ -2,8 +2,8 @@
 // units into work items, and the host-side builder of the table.
 //
 // Plain __host__ __device__ code with no CUDA header, so the host builder (bound to Python
-// in every build) and the index math can be unit-tested on the CPU
-// (tests/native/test_agc_table.cpp) exactly as the kernels run it.
+// in every build) and the index math can be tested on the CPU exactly as the kernels run
+// it (tests/test_health_agc.py walks both launches over the table the native code builds).
 //
 // A unit is unit_sizes[t] consecutive elements of tensor t (see cpu/agc.h). Each tensor is
 // split into work items by the size of its units alone:
@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "../gradfast/macros.h"
+#include "table_search.h"
 
 namespace gradfast::cuda {
 
@@ -79,13 +80,7 @@ struct AgcTable {
   const int64_t* meta;  // the table above, in device memory (host memory in tests)
   int64_t n;
 
-  GF_HD int64_t at(int64_t i) const {
-#if defined(__CUDA_ARCH__)
-    return (int64_t)__ldg(reinterpret_cast<const long long*>(meta) + i);
-#else
-    return meta[i];
-#endif
-  }
+  GF_HD int64_t at(int64_t i) const { return table_at(meta, i); }
   GF_HD void* param(int64_t t) const { return reinterpret_cast<void*>((intptr_t)at(t)); }
   GF_HD void* grad(int64_t t) const { return reinterpret_cast<void*>((intptr_t)at(n + t)); }
   GF_HD int64_t unit(int64_t t) const { return at(2 * n + t); }
@@ -98,43 +93,10 @@ struct AgcTable {
   GF_HD int64_t items_row() const { return 5 * n; }
   GF_HD int64_t big_items_row() const { return 6 * n + 1; }
 
-  // The tensor owning index c of a prefix row (n+1 non-decreasing values from 0), for
-  // 0 <= c < row[n]: the last t with row[t] <= c (tensors owning nothing are skipped).
-  GF_HD int64_t find(int64_t row, int64_t c) const {
-#if defined(__CUDA_ARCH__)
-    return find_warp(row, c);
-#else
-    return find_binary(row, c);
-#endif
-  }
-
-  GF_HD int64_t find_binary(int64_t row, int64_t c) const {
-    int64_t lo = 0, hi = n;  // invariant: row[lo] <= c < row[hi]
-    while (hi - lo > 1) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      if (at(row + mid) <= c) lo = mid; else hi = mid;
-    }
-    return lo;
-  }
-
-#if defined(__CUDA_ARCH__)
-  // The same search, 32-way per step (as MetaTable::tensor_of_warp). Every lane of the warp
-  // must call it with the same c; all get the same answer.
-  __device__ __forceinline__ int64_t find_warp(int64_t row, int64_t c) const {
-    const int lane = threadIdx.x & 31;
-    int64_t lo = 0, hi = n;
-    while (hi - lo > 1) {
-      const int64_t step = (hi - lo + 31) / 32;
-      const int64_t probe = lo + lane * step;
-      const bool pass = probe < hi && at(row + probe) <= c;
-      const int last = 31 - __clz(__ballot_sync(0xffffffffu, pass));
-      lo += last * step;
-      const int64_t next_hi = lo + step;
-      hi = next_hi < hi ? next_hi : hi;
-    }
-    return lo;
-  }
-#endif
+  // The tensor owning index c of a prefix row (table_search.h), for 0 <= c < row[n]: the
+  // last t with row[t] <= c (tensors owning nothing are skipped). On the GPU every lane of
+  // the warp must call it with the same c.
+  GF_HD int64_t find(int64_t row, int64_t c) const { return owner_of(meta, row, n, c); }
 };
 
 // The table of a group and its sizes, built on the host.

@@ -8,6 +8,7 @@
 
 #include "../gradfast/macros.h"
 #include "../gradfast/tensor_list.h"
+#include "table_search.h"
 
 namespace gradfast::cuda {
 
@@ -25,60 +26,14 @@ struct MetaTable {
   const int64_t* meta;  // 3n+1 int64: ptrs[n], numels[n], first_chunk[n+1]
   int64_t n;
 
-  GF_HD int64_t at(int64_t i) const {
-#if defined(__CUDA_ARCH__)
-    // Read-only for the whole kernel: the non-coherent path keeps it in L1 for the
-    // binary searches of every chunk.
-    return (int64_t)__ldg(reinterpret_cast<const long long*>(meta) + i);
-#else
-    return meta[i];
-#endif
-  }
+  GF_HD int64_t at(int64_t i) const { return table_at(meta, i); }
   GF_HD void* ptr(int64_t t) const { return reinterpret_cast<void*>((intptr_t)at(t)); }
   GF_HD int64_t numel(int64_t t) const { return at(n + t); }
   GF_HD int64_t first_chunk(int64_t t) const { return at(2 * n + t); }  // t in [0, n]
 
-  // The tensor owning chunk c, for 0 <= c < first_chunk(n): the last t with
-  // first_chunk(t) <= c. Tensors with no elements own no chunk and are skipped, since
-  // their first_chunk equals the next tensor's.
-  GF_HD int64_t tensor_of(int64_t c) const {
-#if defined(__CUDA_ARCH__)
-    return tensor_of_warp(c);
-#else
-    return tensor_of_binary(c);
-#endif
-  }
-
-  GF_HD int64_t tensor_of_binary(int64_t c) const {
-    int64_t lo = 0, hi = n;  // invariant: first_chunk(lo) <= c < first_chunk(hi)
-    while (hi - lo > 1) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      if (first_chunk(mid) <= c) lo = mid; else hi = mid;
-    }
-    return lo;
-  }
-
-#if defined(__CUDA_ARCH__)
-  // The same search, 32-way: each lane of the warp probes one point of [lo, hi) and a ballot
-  // keeps the last probe with first_chunk <= c (first_chunk is non-decreasing, so the probes
-  // that pass form a prefix of the lanes). Two dependent loads cover 1024 tensors where a
-  // binary search needs ten, and under a saturated memory system each costs microseconds.
-  // Every lane of the warp must call it with the same c; all get the same answer.
-  __device__ __forceinline__ int64_t tensor_of_warp(int64_t c) const {
-    const int lane = threadIdx.x & 31;
-    int64_t lo = 0, hi = n;  // invariant: first_chunk(lo) <= c < first_chunk(hi)
-    while (hi - lo > 1) {
-      const int64_t step = (hi - lo + 31) / 32;
-      const int64_t probe = lo + lane * step;  // lane 0 probes lo, known to pass
-      const bool pass = probe < hi && first_chunk(probe) <= c;
-      const int last = 31 - __clz(__ballot_sync(0xffffffffu, pass));
-      lo += last * step;
-      const int64_t next_hi = lo + step;  // the probe after `last` failed, or is >= hi
-      hi = next_hi < hi ? next_hi : hi;
-    }
-    return lo;
-  }
-#endif
+  // The tensor owning chunk c, for 0 <= c < first_chunk(n) (table_search.h): the last t
+  // with first_chunk(t) <= c. Tensors with no elements own no chunk and are skipped.
+  GF_HD int64_t tensor_of(int64_t c) const { return owner_of(meta, 2 * n, n, c); }
 
   GF_HD ChunkRef chunk(int64_t c) const {
     ChunkRef r;

@@ -1,7 +1,8 @@
 // The device side of the deterministic multi-tensor norm (see multi_norm.cu for the
 // algorithm), shared by the norm kernel (multi_norm.cu) and the one-launch clip + Adam
 // kernel (clip_adam.cu): both run norm_phase() below, the same code with the same block
-// size, chunking, partials and fold order, so they produce the same bits.
+// size, chunking, partials and fold order, so they produce the same bits. The AGC kernels
+// (agc.cu) use its per-thread accumulation and last-arrival counter too.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -73,7 +74,8 @@ NormArgs<T> make_norm_args(const DeviceList& list, double p, void* workspace,
 
 // This thread's accumulator over its elements of one chunk: one accumulator per vector lane
 // (independent dependency chains), folded by a fixed tree at the end.
-template <NormKind K, typename T>
+// (Block and Ilp: the caller's block size and loads in flight; the AGC kernel uses its own.)
+template <NormKind K, typename T, int Block = kNormBlock, int Ilp = kNormIlp>
 __device__ __forceinline__ math_t<T> thread_accumulate(const NormOp<K, math_t<T>>& op,
                                                        const T* base, int len) {
   using A = math_t<T>;
@@ -81,7 +83,7 @@ __device__ __forceinline__ math_t<T> thread_accumulate(const NormOp<K, math_t<T>
   A acc[V];
 #pragma unroll
   for (int e = 0; e < V; ++e) acc[e] = op.identity();
-  read_chunk<T, kNormBlock, kNormIlp>(
+  read_chunk<T, Block, Ilp>(
       base, len, [&](int e, T x) { acc[e] = op.accumulate(acc[e], load_math(x)); });
 #pragma unroll
   for (int w = V / 2; w > 0; w /= 2) {
