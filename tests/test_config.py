@@ -23,6 +23,10 @@ EXPECTED_TYPES = {
 }
 
 
+def _torch_uses_openmp() -> bool:
+    return "OpenMP" in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]
+
+
 def _env():
     env = dict(os.environ)
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(gradfast.__file__)))
@@ -54,9 +58,12 @@ def test_show_config_values():
     assert cfg["cuda_device_usable"] is cuda_usable()
     assert cfg["cpu_simd"] in ("generic", "avx2", "avx512")
     assert cfg["cpu_threads"] == torch.get_num_threads() >= 1
-    # torch's CPU wheels parallelise with OpenMP, so its runtime is loaded in this process.
-    omp = "OpenMP" in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]
-    assert cfg["cpu_backend"] == ("openmp" if omp else "pool")
+    # torch's CPU wheels parallelise with OpenMP, so its runtime is loaded in this process;
+    # GRADFAST_CPU_BACKEND=pool asks for gradfast's own threads.
+    expected = "openmp" if _torch_uses_openmp() else "pool"
+    if os.environ.get("GRADFAST_CPU_BACKEND") == "pool":
+        expected = "pool"
+    assert cfg["cpu_backend"] == expected
     if cfg["cuda_kernels_compiled"]:
         assert cfg["cuda_archs"].strip(), "compiled CUDA kernels name their architectures"
         assert all(a.startswith(("sm_", "compute_")) for a in cfg["cuda_archs"].split())
@@ -138,12 +145,12 @@ def test_cpu_path_works_without_a_gpu():
 
 def test_set_cpu_backend_switches_and_validates():
     from gradfast._native import _C
-    before = _C.cpu_backend()
+    before = _C.cpu_backend()  # GRADFAST_CPU_BACKEND may have chosen it
     try:
         assert _C.set_cpu_backend("pool") == "pool"
         assert gradfast.show_config()["cpu_backend"] == "pool"
-        assert _C.set_cpu_backend("auto") == before
+        assert _C.set_cpu_backend("auto") == ("openmp" if _torch_uses_openmp() else "pool")
         with pytest.raises(ValueError, match="'auto', 'openmp' or 'pool'"):
             _C.set_cpu_backend("tbb")
     finally:
-        _C.set_cpu_backend("auto")
+        _C.set_cpu_backend(before)

@@ -17,13 +17,14 @@ N = 600_000  # enough elements for several threads
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
+    before = _C.cpu_backend()
     try:
         got = _C.set_cpu_backend(request.param)
     except ValueError:
         pytest.skip("no OpenMP runtime in this process")
     assert got == request.param
     yield request.param
-    _C.set_cpu_backend("auto")
+    _C.set_cpu_backend(before)
 
 
 def _grads(seed, n=3):

@@ -140,8 +140,9 @@ def test_clip_grad_value_thread_count(restore_threads):
 
 @pytest.fixture
 def restore_backend():
+    before = _C.cpu_backend()  # as GRADFAST_CPU_BACKEND (or the default) chose it
     yield
-    _C.set_cpu_backend("auto")
+    _C.set_cpu_backend(before)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
