@@ -57,17 +57,16 @@ def compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-def group_norm(tensors, p, kind, max_norm, host=None):
-    """host: the CPU tensors' (pointers, element counts) when the caller has them."""
+def group_norm(tensors, p, kind, max_norm):
     if compiling():
         return _group_norm_op(tensors, p, kind, max_norm)
-    return _kernels.group_norm(tensors, p, kind, max_norm, host)
+    return _kernels.group_norm(tensors, p, kind, max_norm)
 
 
-def group_scale_(tensors, coef, host=None):
+def group_scale_(tensors, coef):
     if compiling():
         return _group_scale_op(tensors, coef)
-    return _kernels.group_scale_(tensors, coef, host)
+    return _kernels.group_scale_(tensors, coef)
 
 
 def group_clamp_(tensors, lo, hi):

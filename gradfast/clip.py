@@ -16,7 +16,7 @@ from typing import Iterable, List, Optional, Tuple, Union
 
 import torch
 
-from . import _ops, _torch_fallback
+from . import _kernels, _ops, _torch_fallback
 from ._native import MATH_DTYPE
 from ._norm_kind import L0, empty_tensor_error, norm_kind, parse_norm_type
 from ._tensor_lists import all_native_supported, group_by_device_dtype, host_args, single_group
@@ -192,12 +192,13 @@ def clip_grad_norm_(
         return total
     _check_empty(grads, p)
     if grads[0].is_cpu and not _ops.compiling() and single_group(grads):
-        # The common CPU case: one group; pointers gathered once for both passes.
+        # The common CPU case, eager: one group, the kernels called directly, pointers
+        # gathered once for both passes.
         args = host_args(grads)
-        total, _, coef = _ops.group_norm(grads, p, norm_kind(p), max_norm, args)
+        total, _, coef = _kernels.group_norm(grads, p, norm_kind(p), max_norm, args)
         if error_if_nonfinite:
             _raise_if_nonfinite(total, p)
-        _ops.group_scale_(grads, coef, args)
+        _kernels.group_scale_(grads, coef, args)
         return total
     total, coef, _ = _norms(grads, p, max_norm)
     if error_if_nonfinite:
