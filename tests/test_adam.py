@@ -6,7 +6,9 @@ nothing is compared with stored numbers.
 import copy
 import io
 import math
+import os
 import random
+import sys
 
 import pytest
 import torch
@@ -14,52 +16,21 @@ import torch
 import gradfast
 from gradfast.optim import Adam, AdamW
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import adam_helpers  # noqa: E402
+from adam_helpers import assert_state_close, clone_params, random_grads, set_grads  # noqa: E402,F401
+
 SHAPES = [(37,), (5, 7), (), (0,), (1000,), (3, 1, 4)]
 BIG = (70000,)  # more than one 65536-element chunk
 
 
 def make_params(dtype=torch.float32, shapes=SHAPES, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes]
-
-
-def clone_params(ps):
-    return [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    return adam_helpers.make_params(dtype, shapes, seed)
 
 
 def tol(dtype):
     return {torch.float32: dict(rtol=1e-5, atol=1e-6),
             torch.float64: dict(rtol=1e-12, atol=1e-13)}[dtype]
-
-
-def set_grads(param_lists, grads):
-    for params in param_lists:
-        for p, g in zip(params, grads):
-            p.grad = None if g is None else g.clone()
-
-
-def random_grads(params, gen, drop=0.0, scale=1.0):
-    out = []
-    for p in params:
-        if drop and torch.rand((), generator=gen).item() < drop:
-            out.append(None)
-        else:
-            out.append((torch.randn(p.shape, generator=gen, dtype=torch.float64) * scale)
-                       .to(p.dtype))
-    return out
-
-
-def assert_state_close(opt_a, params_a, opt_b, params_b, **kw):
-    for pa, pb in zip(params_a, params_b):
-        torch.testing.assert_close(pa.detach(), pb.detach(), **kw)
-        sa, sb = opt_a.state.get(pa, {}), opt_b.state.get(pb, {})
-        assert set(sa) == set(sb)
-        for key in sa:
-            a, b = sa[key], sb[key]
-            if key == "step":
-                assert float(a) == float(b)
-            else:
-                torch.testing.assert_close(a, b, **kw)
 
 
 def groups_of(params, hypers):

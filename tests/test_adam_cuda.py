@@ -1,11 +1,17 @@
 """gradfast.optim.Adam / AdamW on CUDA against torch's fused CUDA Adam (skipped without a GPU)."""
 import copy
 import math
+import os
+import sys
 
 import pytest
 import torch
 
 from gradfast.optim import Adam, AdamW
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import adam_helpers  # noqa: E402
+from adam_helpers import clone_params, random_grads, set_grads  # noqa: E402,F401
 
 pytestmark = pytest.mark.cuda
 
@@ -14,37 +20,12 @@ SHAPES = [(37,), (5, 7), (), (0,), (4096,), (4097,), (70001,), (3, 1, 4)]
 
 
 def make_params(dtype=torch.float32, shapes=SHAPES, seed=0, device=DEV):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
-            for s in shapes]
-
-
-def clone_params(ps):
-    return [torch.nn.Parameter(p.detach().clone()) for p in ps]
-
-
-def random_grads(params, gen, scale=1.0):
-    return [(torch.randn(p.shape, generator=gen, dtype=torch.float64) * scale)
-            .to(device=p.device, dtype=p.dtype) for p in params]
-
-
-def set_grads(param_lists, grads):
-    for params in param_lists:
-        for p, g in zip(params, grads):
-            p.grad = None if g is None else g.clone()
+    return adam_helpers.make_params(dtype, shapes, seed, device)
 
 
 def assert_state_close(opt_a, params_a, opt_b, params_b, **kw):
-    for pa, pb in zip(params_a, params_b):
-        torch.testing.assert_close(pa.detach(), pb.detach(), **kw)
-        sa, sb = opt_a.state.get(pa, {}), opt_b.state.get(pb, {})
-        assert set(sa) == set(sb)
-        for key in sa:
-            if key == "step":
-                assert sa[key].device == pa.device and sa[key].dtype == torch.float32
-                assert float(sa[key]) == float(sb[key])
-            else:
-                torch.testing.assert_close(sa[key], sb[key], **kw)
+    adam_helpers.assert_state_close(opt_a, params_a, opt_b, params_b, fused_step_layout=True,
+                                    **kw)
 
 
 TOL = {torch.float32: dict(rtol=2e-6, atol=2e-7), torch.float64: dict(rtol=1e-13, atol=1e-14)}
@@ -239,32 +220,40 @@ def test_grad_scaler_with_clipping_uses_unscaled_norm():
         torch.testing.assert_close(p, q, **TOL[torch.float32])
 
 
-def test_cuda_graph_capture_and_replay():
-    base = make_params(torch.float32, shapes=[(1000,), (64, 64), (), (5000,)], seed=10)
+@pytest.mark.parametrize("n_launches, shapes, seed", [
+    (None, [(1000,), (64, 64), (), (5000,)], 10),
+    # one launch (GRADFAST_ADAM_LAUNCHES=1, see below), a tensor of several grid rounds too
+    ("1", [(1000,), (64, 64), (), (5000,), (70001,)], 28),
+], ids=["default", "one-launch"])
+def test_cuda_graph_capture_and_replay(n_launches, shapes, seed):
+    base = make_params(torch.float32, shapes=shapes, seed=seed)
     ours, eager = clone_params(base), clone_params(base)
-    lr = torch.tensor(1e-2, device=DEV)
-    lr_e = torch.tensor(1e-2, device=DEV)
+    lr, lr_e = torch.tensor(1e-2, device=DEV), torch.tensor(1e-2, device=DEV)
     kw = dict(amsgrad=True, weight_decay=0.01, max_grad_norm=1.0, skip_nonfinite=True,
               capturable=True)
     opt, opt_e = Adam(ours, lr=lr, **kw), Adam(eager, lr=lr_e, **kw)
-    gen = torch.Generator().manual_seed(9)
+    gen = torch.Generator().manual_seed(seed)
     static_grads = [torch.zeros_like(p) for p in ours]
     for p, g in zip(ours, static_grads):
         p.grad = g
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):  # warm-up: state, device tables, workspaces
-        for _ in range(3):
-            grads = random_grads(base, gen)
-            for g, x in zip(static_grads, grads):
-                g.copy_(x)
-            set_grads([eager], grads)
+    with launches(n_launches):
+        with torch.cuda.stream(s):  # warm-up: state, device tables, workspaces
+            for _ in range(3):
+                grads = random_grads(base, gen)
+                for g, x in zip(static_grads, grads):
+                    g.copy_(x)
+                set_grads([eager], grads)
+                opt.step()
+                with launches(None):
+                    opt_e.step()
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
             opt.step()
-            opt_e.step()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        opt.step()
+        if n_launches == "1":
+            assert opt._gf_launches == 1
     for i in range(10):
         grads = random_grads(base, gen, scale=3.0)
         if i == 4:
@@ -275,14 +264,16 @@ def test_cuda_graph_capture_and_replay():
         lr.fill_(1e-2 / (i + 1))
         lr_e.fill_(1e-2 / (i + 1))
         graph.replay()
-        opt_e.step()
-    torch.cuda.synchronize()
-    for p, q in zip(ours, eager):
-        assert torch.equal(p, q)
-        for k in opt.state[p]:
-            assert torch.equal(opt.state[p][k], opt_e.state[q][k])
+        opt_e.step()  # eager, the default two launches
+        torch.cuda.synchronize()
+        for p, q in zip(ours, eager):
+            assert_bitwise(p, q)
+            for k in opt.state[p]:
+                assert_bitwise(opt.state[p][k], opt_e.state[q][k])
+        assert_bitwise(opt.grad_norm, opt_e.grad_norm)
     assert float(opt.state[ours[0]]["step"]) == 12.0
     assert int(opt.skipped_steps) == int(opt_e.skipped_steps) == 1
+    assert_workspaces_zero()
 
 
 def test_checkpoint_round_trip_with_torch_fused():
@@ -330,11 +321,9 @@ def test_torch_compile_on_cuda():
 # ---- the opt-in one-launch clip + Adam step (GRADFAST_ADAM_LAUNCHES=1) ---------------------
 
 import contextlib  # noqa: E402
-import os  # noqa: E402
 
 import gradfast  # noqa: E402
 from gradfast import _kernels, _tensor_lists  # noqa: E402
-from gradfast._native import _C  # noqa: E402
 from gradfast._norm_kind import norm_kind  # noqa: E402
 from gradfast.optim.adam import LAUNCHES_ENV  # noqa: E402
 
@@ -562,56 +551,6 @@ def test_one_launch_is_one_kernel():
     assert sum("clip_adam_kernel" in n for n in names) == 1, names
     assert not any("multi_norm_kernel" in n or "::adam_kernel<" in n for n in names), names
     assert opt._gf_launches == 1
-
-
-def test_one_launch_cuda_graph_capture_and_replay():
-    base = make_params(torch.float32, shapes=[(1000,), (64, 64), (), (5000,), (70001,)], seed=28)
-    ours, eager = clone_params(base), clone_params(base)
-    lr, lr_e = torch.tensor(1e-2, device=DEV), torch.tensor(1e-2, device=DEV)
-    kw = dict(amsgrad=True, weight_decay=0.01, max_grad_norm=1.0, skip_nonfinite=True,
-              capturable=True)
-    opt, opt_e = Adam(ours, lr=lr, **kw), Adam(eager, lr=lr_e, **kw)
-    gen = torch.Generator().manual_seed(28)
-    static_grads = [torch.zeros_like(p) for p in ours]
-    for p, g in zip(ours, static_grads):
-        p.grad = g
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with launches("1"):
-        with torch.cuda.stream(s):  # warm-up: state, device tables, workspaces
-            for _ in range(3):
-                grads = random_grads(base, gen)
-                for g, x in zip(static_grads, grads):
-                    g.copy_(x)
-                set_grads([eager], grads)
-                opt.step()
-                with launches(None):
-                    opt_e.step()
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            opt.step()
-        assert opt._gf_launches == 1
-    for i in range(10):
-        grads = random_grads(base, gen, scale=3.0)
-        if i == 4:
-            grads[3][7] = math.nan
-        for g, x in zip(static_grads, grads):
-            g.copy_(x)
-        set_grads([eager], grads)
-        lr.fill_(1e-2 / (i + 1))
-        lr_e.fill_(1e-2 / (i + 1))
-        graph.replay()
-        opt_e.step()  # the default two launches
-        torch.cuda.synchronize()
-        for p, q in zip(ours, eager):
-            assert_bitwise(p, q)
-            for k in opt.state[p]:
-                assert_bitwise(opt.state[p][k], opt_e.state[q][k])
-        assert_bitwise(opt.grad_norm, opt_e.grad_norm)
-    assert float(opt.state[ours[0]]["step"]) == 12.0
-    assert int(opt.skipped_steps) == int(opt_e.skipped_steps) == 1
-    assert_workspaces_zero()
 
 
 def test_one_launch_two_param_groups_use_two_launches():

@@ -49,11 +49,16 @@ def test_not_selected_when_the_norm_needs_more_than_one_launch():
     assert _one_launch_kind([work_item()], {2.0}, object()) is None
 
 
-def _run(params, env, monkeypatch, steps=3, **kw):
+def _set_launches(monkeypatch, env):
+    """GRADFAST_ADAM_LAUNCHES=env for this test, or unset for None."""
     if env is None:
         monkeypatch.delenv(LAUNCHES_ENV, raising=False)
     else:
         monkeypatch.setenv(LAUNCHES_ENV, env)
+
+
+def _run(params, env, monkeypatch, steps=3, **kw):
+    _set_launches(monkeypatch, env)
     opt = Adam(params, lr=1e-2, **kw)
     gen = torch.Generator().manual_seed(3)
     for _ in range(steps):
@@ -105,10 +110,7 @@ def test_env_is_read_each_step(monkeypatch):
     params = [torch.nn.Parameter(torch.randn(10))]
     opt = AdamW(params, lr=1e-2, max_grad_norm=1.0)
     for env in ("1", None, "1", "2"):
-        if env is None:
-            monkeypatch.delenv(LAUNCHES_ENV, raising=False)
-        else:
-            monkeypatch.setenv(LAUNCHES_ENV, env)
+        _set_launches(monkeypatch, env)
         params[0].grad = torch.randn(10)
         opt.step()
     assert len(calls) == 2
@@ -202,10 +204,7 @@ def test_one_launch_branch_wiring_matches_default(dtype, cfg, monkeypatch):
         for ps, env in ((a, "1"), (b, None)):
             for p, gr in zip(ps, grads):
                 p.grad = gr.clone()
-            if env is None:
-                monkeypatch.delenv(LAUNCHES_ENV, raising=False)
-            else:
-                monkeypatch.setenv(LAUNCHES_ENV, env)
+            _set_launches(monkeypatch, env)
             (opt_a if ps is a else opt_b).step()
         assert opt_a._gf_launches == 1 and opt_b._gf_launches is None
         for p, q in zip(a, b):
@@ -240,10 +239,7 @@ def test_one_launch_branch_wiring_with_grad_scaler(monkeypatch):
         for ps, opt, sc, env in ((a, opt_a, sc_a, "1"), (b, opt_b, sc_b, None)):
             for p, gr in zip(ps, grads):
                 p.grad = gr.clone()
-            if env is None:
-                monkeypatch.delenv(LAUNCHES_ENV, raising=False)
-            else:
-                monkeypatch.setenv(LAUNCHES_ENV, env)
+            _set_launches(monkeypatch, env)
             sc.scale(torch.ones(()))
             sc.step(opt)
             sc.update()
