@@ -183,8 +183,9 @@ def group_adam(
     found_inf (fp32), total (the global grad norm, any float dtype), skipped (int64). Steps
     are fp32 0-d tensors. max_norm_t, when given, is a device threshold (any float dtype)
     used instead of max_norm. Nothing here synchronises with the device.
-    host: (exp_avg, exp_avg_sq, max_exp_avg_sq, step pointers, element counts) of CPU lists
-    when the caller keeps them (gradfast.optim's step plans); the grads' are always read.
+    host: (param, exp_avg, exp_avg_sq, max_exp_avg_sq, step pointers, element counts) of
+    CPU lists when the caller keeps them (gradfast.optim's step plans, which check the
+    parameters' pointers every step); the grads' are always read.
     """
     first = params[0]
     code = DTYPE_CODES[first.dtype]
@@ -194,14 +195,14 @@ def group_adam(
         max_norm, skip_nonfinite, max_norm_t)
     if first.device.type == "cpu":
         if host is None:
-            host = ([t.data_ptr() for t in exp_avgs], [t.data_ptr() for t in exp_avg_sqs],
+            host = ([t.data_ptr() for t in params], [t.data_ptr() for t in exp_avgs],
+                    [t.data_ptr() for t in exp_avg_sqs],
                     [t.data_ptr() for t in max_exp_avg_sqs] if amsgrad else [],
                     [t.data_ptr() for t in steps], [t.numel() for t in params])
-        m_ptrs, v_ptrs, vmax_ptrs, step_ptrs, numels = host
+        p_ptrs, m_ptrs, v_ptrs, vmax_ptrs, step_ptrs, numels = host
         _C.cpu_adam_step(
-            [t.data_ptr() for t in params], [t.data_ptr() for t in grads], m_ptrs, v_ptrs,
-            vmax_ptrs, step_ptrs, numels, code, hyper, flags, control, _ptr(skipped),
-            torch.get_num_threads())
+            p_ptrs, [t.data_ptr() for t in grads], m_ptrs, v_ptrs, vmax_ptrs, step_ptrs, numels,
+            code, hyper, flags, control, _ptr(skipped), torch.get_num_threads())
     else:
         device = first.device
         dl = adam_device_list(

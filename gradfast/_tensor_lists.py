@@ -36,23 +36,22 @@ _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 _STRIDED = torch.strided
 
 
-def native_supported(t: torch.Tensor) -> bool:
-    """Whether the native kernels can take t (otherwise torch's own path is used).
+def all_native_supported(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether the native kernels can take every tensor (otherwise torch's own path is used).
 
     Inference tensors go to torch, which refuses to update them in place outside
-    inference mode (the kernels' raw writes would bypass that check).
-    (Written with the cheapest tensor attributes: it runs for every tensor of every step.)
+    inference mode (the kernels' raw writes would bypass that check). Written as one
+    comprehension over the cheapest tensor attributes: clipping runs it for every grad of
+    every step.
     """
-    return (type(t) in _PLAIN_TYPES and t.layout is _STRIDED and t.dtype in DTYPE_CODES
-            and (t.is_cpu or t.is_cuda) and (t.is_contiguous() or is_dense(t))
-            and not t.is_inference())
-
-
-def all_native_supported(tensors: Sequence[torch.Tensor]) -> bool:
-    """native_supported for every tensor (inlined: no Python call per tensor)."""
     return all([type(t) in _PLAIN_TYPES and t.layout is _STRIDED and t.dtype in DTYPE_CODES
                 and (t.is_cpu or t.is_cuda) and (t.is_contiguous() or is_dense(t))
                 and not t.is_inference() for t in tensors])
+
+
+def native_supported(t: torch.Tensor) -> bool:
+    """all_native_supported for one tensor."""
+    return all_native_supported((t,))
 
 
 def group_by_device_dtype(

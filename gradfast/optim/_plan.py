@@ -50,10 +50,12 @@ class GroupPlan:
         self.devices = [p.get_device() for p in params]
         self.cuda = params[0].is_cuda
         self.p_ptrs = [p.data_ptr() for p in params]
-        # Raw pointers of everything but the grads, for the CPU entry point.
+        # Raw pointers of everything but the grads, for the CPU entry point (the parameters'
+        # are p_ptrs, which grads_if_valid checks every step).
         self.host = None
         if not self.cuda:
-            self.host = ([t.data_ptr() for t in exp_avgs], [t.data_ptr() for t in exp_avg_sqs],
+            self.host = (self.p_ptrs, [t.data_ptr() for t in exp_avgs],
+                         [t.data_ptr() for t in exp_avg_sqs],
                          [t.data_ptr() for t in max_sqs] if self.amsgrad else [],
                          [t.data_ptr() for t in steps], [p.numel() for p in params])
         self.split = split
