@@ -1,0 +1,58 @@
+"""Build and load cudasim's module: gradfast's _C with csrc/cuda compiled for the CPU.
+
+The build lives in build/cudasim (GRADFAST_CUDASIM_BUILD overrides) and is incremental, so
+only the first test run on a machine pays for it (about a minute on two cores).
+"""
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def missing_tool():
+    """The first build tool that is missing, or None."""
+    for tool in ("cmake", "ninja", os.environ.get("CXX", "c++")):
+        if shutil.which(tool) is None:
+            return tool
+    try:
+        import pybind11  # noqa: F401
+    except ImportError:
+        return "pybind11"
+    return None
+
+
+def _run(args, cwd=None):
+    done = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"cudasim build failed: {' '.join(map(str, args))}\n"
+                           f"{done.stdout[-6000:]}\n{done.stderr[-6000:]}")
+
+
+def build(build_dir=None, sanitize: str = "") -> Path:
+    """Configure and build; returns the module's path."""
+    import pybind11
+
+    out = Path(build_dir or os.environ.get("GRADFAST_CUDASIM_BUILD") or ROOT / "build" / "cudasim")
+    lib = out / "lib"
+    _run(["cmake", "-S", ROOT, "-B", out, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+          "-DGRADFAST_CUDA_SIM=ON", "-DGRADFAST_CUDA=0", f"-DPython_EXECUTABLE={sys.executable}",
+          f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={lib}",
+          f"-DGRADFAST_CUDA_SIM_SANITIZE={sanitize}"])
+    _run(["cmake", "--build", out, "-j", os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", "2")])
+    return next(lib.glob("_C*.so"))
+
+
+def load(path: Path):
+    """Import the module at `path` as gradfast_cudasim._C (beside the real gradfast._C)."""
+    spec = importlib.util.spec_from_file_location("gradfast_cudasim._C", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+if __name__ == "__main__":
+    print(build())
