@@ -32,11 +32,16 @@ def _run(args, cwd=None):
                            f"{done.stdout[-6000:]}\n{done.stderr[-6000:]}")
 
 
-def build(build_dir=None, sanitize: str = "") -> Path:
-    """Configure and build; returns the module's path."""
+def build(build_dir=None, sanitize=None) -> Path:
+    """Configure and build; returns the module's path. sanitize: a -fsanitize= list
+    (default: GRADFAST_CUDA_SIM_SANITIZE); the process then needs the sanitizer's runtime
+    preloaded, e.g. LD_PRELOAD=$(c++ -print-file-name=libasan.so)."""
     import pybind11
 
+    if sanitize is None:
+        sanitize = os.environ.get("GRADFAST_CUDA_SIM_SANITIZE", "")
     out = Path(build_dir or os.environ.get("GRADFAST_CUDASIM_BUILD") or ROOT / "build" / "cudasim")
+    out = out.resolve()
     lib = out / "lib"
     _run(["cmake", "-S", ROOT, "-B", out, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
           "-DGRADFAST_CUDA_SIM=ON", "-DGRADFAST_CUDA=0", f"-DPython_EXECUTABLE={sys.executable}",
