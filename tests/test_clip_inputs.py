@@ -483,3 +483,27 @@ def test_nan_norm_type_and_non_finite_max_norm():
         pr = build(specs, 0)
         tnu.clip_grads_with_norm_(pr, max_norm, gf)
         assert_grads_identical(pg, pr)
+
+
+@pytest.mark.slow
+def test_cpu_tensor_above_2_31_elements():
+    """64-bit indexing in the CPU kernels: the elements beyond 2^31 are read and written
+    (fp16, 4.3 GB; the values are known exactly, so no torch copy of it is needed)."""
+    n = (1 << 31) + 4099
+    g = torch.ones(n, dtype=torch.float16)
+    g[-1] = 3.0  # beyond 2^31: only 64-bit indexing reaches it
+    g[(1 << 31) + 7] = -2.0
+    expected = {2.0: math.sqrt(n - 2 + 9 + 4), math.inf: 3.0, -math.inf: 1.0}
+    for norm_type, value in expected.items():
+        gf = gradfast.get_total_norm([g], norm_type)
+        assert gf.dtype == torch.float16
+        assert abs(gf.double().item() - value) <= 2 * torch.finfo(torch.float16).eps * value
+    # A zero-stride parameter of the same shape carries the grad without another copy.
+    p = torch.nn.Parameter(torch.zeros(1, dtype=torch.float16).expand(n))
+    p.grad = g
+    total = gradfast.clip_grad_norm_(p, 1.5, math.inf)
+    coef = torch.clamp(1.5 / (total + 1e-6), max=1.0)
+    for i, v in ((-1, 3.0), (0, 1.0), ((1 << 31) + 7, -2.0)):
+        assert g[i].item() == (torch.tensor(v, dtype=torch.float16) * coef).item()
+    gradfast.clip_grad_value_(p, 0.25)
+    assert g[-1].item() == 0.25 and g[(1 << 31) + 7].item() == -0.25

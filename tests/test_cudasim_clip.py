@@ -72,10 +72,10 @@ def test_norm_of_empty_tensors_only(sim_devices):
         assert total.item() == 0.0 and per.tolist() == [0.0, 0.0] and coef.item() == 1.0
 
 
-def test_norm_of_thousands_of_tensors(sim_devices):
+def test_norm_of_tens_of_thousands_of_tensors(sim_devices):
     # More than 1024 tensors: the warp-wide owner search takes three rounds.
     gen = torch.Generator().manual_seed(1)
-    tensors = [torch.randn(k % 4, generator=gen) for k in range(1100)]
+    tensors = [torch.randn(k % 4, generator=gen) for k in range(20000)]
     total, per, _ = sim_devices[1].norm(tensors, norm_kind(2.0), 2.0)
     assert_norm_matches(total, torch.nn.utils.get_total_norm(tensors, 2.0), tensors, 2.0)
     expected = torch.stack([torch.linalg.vector_norm(t) for t in tensors])
@@ -128,3 +128,16 @@ def test_clamp_is_torchs_clamp(sim_devices, dtype, lo, hi):
     for a, b in zip(ours, theirs):
         assert torch.equal(a.isnan(), b.isnan())
         assert torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+def test_tensor_above_2_31_elements(sim_devices):
+    """64-bit indexing: elements beyond 2^31 are read and written (fp16, 4.3 GB)."""
+    n = (1 << 31) + 4099
+    g = torch.ones(n, dtype=torch.float16)
+    g[-1] = 3.0  # only the max norm can tell that the last element was read
+    g[(1 << 31) + 7] = -2.0
+    dev = sim_devices[2]
+    total, per, coef = dev.norm([g], norm_kind(math.inf), math.inf, max_norm=1.5)
+    assert total.item() == 3.0 and per.item() == 3.0
+    dev.scale_([g], coef)  # 1.5 / (3 + 1e-6), rounded in fp16: 0.5
+    assert g[-1].item() == 1.5 and g[(1 << 31) + 7].item() == -1.0 and g[0].item() == 0.5

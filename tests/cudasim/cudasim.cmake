@@ -3,7 +3,7 @@
 # kernels, so the CUDA entry points run on the CPU where no GPU is.
 set(GF_SIM_DIR ${CMAKE_CURRENT_LIST_DIR})
 file(GLOB GF_SIM_CU CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/csrc/cuda/*.cu)
-set(GF_SIM_SOURCES ${GF_SIM_DIR}/runtime.cpp)
+set(GF_SIM_SOURCES ${GF_SIM_DIR}/runtime.cpp ${GF_SIM_DIR}/fiber.cpp)
 foreach(cu ${GF_SIM_CU})
   get_filename_component(name ${cu} NAME_WE)
   set(out ${CMAKE_BINARY_DIR}/cudasim/${name}.cpp)
@@ -16,7 +16,7 @@ file(GLOB GF_SIM_HEADERS CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/csrc/cuda/*.cuh
      ${PROJECT_SOURCE_DIR}/csrc/cuda/*.h ${GF_SIM_DIR}/include/*.h)
 
 add_library(gf_cudasim OBJECT ${GF_SIM_SOURCES})
-target_include_directories(gf_cudasim BEFORE PRIVATE ${GF_SIM_DIR}/include
+target_include_directories(gf_cudasim BEFORE PRIVATE ${GF_SIM_DIR}/include ${GF_SIM_DIR}
                            ${PROJECT_SOURCE_DIR}/csrc/cuda)
 target_compile_options(gf_cudasim PRIVATE -O2 -g -Wall -Wno-unused-variable)
 target_compile_definitions(gf_cudasim PRIVATE GRADFAST_WITH_CUDA GRADFAST_CUDA_SIM

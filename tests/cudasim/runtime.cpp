@@ -1,7 +1,6 @@
 // cudasim's runtime: simulated devices, launches, and the fiber scheduler that runs the
 // CUDA threads of one block (see include/cuda_runtime.h for the model).
 #include <sys/mman.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +11,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -19,6 +19,7 @@
 
 #include "cuda_runtime.h"
 #include "cooperative_groups.h"
+#include "fiber.h"
 
 thread_local uint3 threadIdx;
 thread_local uint3 blockIdx;
@@ -136,7 +137,7 @@ struct Warp {
 };
 
 struct Fiber {
-  ucontext_t ctx;
+  Context ctx;
   bool done;
 };
 
@@ -148,7 +149,7 @@ struct Block {
   int live;
   int current;
   uint64_t progress;  // bumped by every arrival, release and exit (deadlock detection)
-  ucontext_t sched;
+  Context sched;
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;
   Barrier bar;
@@ -169,7 +170,7 @@ void set_thread_idx(int i) {
 
 void yield() {
   Block& b = block();
-  swapcontext(&b.fibers[b.current].ctx, &b.sched);
+  context_switch(b.fibers[b.current].ctx, b.sched);
 }
 
 void release_barrier(Block& b) {
@@ -217,7 +218,8 @@ void fiber_main() {
       fail("a thread exited while its block waits at the grid barrier");
     if (b.bar.arrived == b.live) release_barrier(b);
   }
-  // Returning resumes uc_link: the scheduler.
+  context_switch(b.fibers[i].ctx, b.sched);
+  fail("a finished thread was resumed");
 }
 
 struct Stacks {
@@ -241,6 +243,32 @@ struct Stacks {
   }
 };
 
+// Stacks outlive the launch that mapped them: mapping, guarding and first-touching 512
+// stacks per block on every launch cost more than running most kernels.
+class StackPool {
+ public:
+  std::unique_ptr<Stacks> acquire() {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (free_.empty()) return std::make_unique<Stacks>();
+    auto s = std::move(free_.back());
+    free_.pop_back();
+    return s;
+  }
+  void release(std::unique_ptr<Stacks> s) {
+    std::lock_guard<std::mutex> lk(mu_);
+    free_.push_back(std::move(s));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::unique_ptr<Stacks>> free_;
+};
+
+StackPool& stack_pool() {
+  static StackPool* pool = new StackPool();  // never destroyed: no teardown-order questions
+  return *pool;
+}
+
 void run_block(Block& b, Stacks& stacks) {
   const int n = b.n_threads;
   b.fibers.assign(n, Fiber{});
@@ -251,11 +279,7 @@ void run_block(Block& b, Stacks& stacks) {
   b.progress = 0;
   for (int i = 0; i < n; ++i) {
     Fiber& f = b.fibers[i];
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = stacks.get(i, n);
-    f.ctx.uc_stack.ss_size = kStackBytes;
-    f.ctx.uc_link = &b.sched;
-    makecontext(&f.ctx, fiber_main, 0);
+    context_init(f.ctx, stacks.get(i, n), kStackBytes, fiber_main);
   }
   tl_block = &b;
   while (b.live > 0) {
@@ -264,7 +288,7 @@ void run_block(Block& b, Stacks& stacks) {
       if (b.fibers[i].done) continue;
       b.current = i;
       set_thread_idx(i);
-      swapcontext(&b.sched, &b.fibers[i].ctx);
+      context_switch(b.sched, b.fibers[i].ctx);
     }
     if (b.live > 0 && b.progress == before)
       fail("deadlock: %d threads wait and none can proceed (%d at the block barrier)", b.live,
@@ -321,7 +345,7 @@ cudaError_t run_grid(dim3 grid_dim, dim3 block_dim, bool cooperative, ThreadBody
   Grid grid{n_blocks, cooperative};
   std::atomic<uint64_t> next{0};
   auto worker = [&] {
-    Stacks stacks;
+    std::unique_ptr<Stacks> stacks = stack_pool().acquire();
     gridDim = grid_dim;
     blockDim = block_dim;
     Block b;
@@ -333,11 +357,12 @@ cudaError_t run_grid(dim3 grid_dim, dim3 block_dim, bool cooperative, ThreadBody
       blockIdx.x = (unsigned)(k % grid_dim.x);
       blockIdx.y = (unsigned)((k / grid_dim.x) % grid_dim.y);
       blockIdx.z = (unsigned)(k / ((uint64_t)grid_dim.x * grid_dim.y));
-      run_block(b, stacks);
+      run_block(b, *stacks);
       std::lock_guard<std::mutex> lk(grid.mu);
       ++grid.finished;
       grid.cv.notify_all();
     }
+    stack_pool().release(std::move(stacks));
   };
   // A cooperative grid runs every block at once (its barrier needs them all resident).
   const uint64_t n_workers = cooperative ? n_blocks : std::min<uint64_t>(n_blocks, kWorkers);
