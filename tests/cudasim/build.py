@@ -19,10 +19,10 @@ def missing_tool():
         if shutil.which(tool) is None:
             return tool
     try:
-        import pybind11  # noqa: F401
+        import pybind11
     except ImportError:
         return "pybind11"
-    return None
+    return None if pybind11.get_cmake_dir() else "pybind11's CMake files"
 
 
 def _run(args, cwd=None):
