@@ -105,6 +105,7 @@ def test_adam_step_is_bitwise_the_cpu_kernel(sim_devices, dtype, config):
         lists = _state(dtype, amsgrad)
         skipped = torch.zeros((), dtype=torch.int64)
         dev.adam(lists, amsgrad, skipped=skipped, total=total, **hyper)
+        assert dev.launches == 1
         _assert_same(lists, expected)
         assert skipped.item() == skipped_cpu.item()
         assert int(torch.count_nonzero(dev.workspaces["adam"])) == 0
@@ -164,6 +165,7 @@ def test_one_launch_is_bitwise_the_two_launches(sim_devices, dtype, p):
                                               skipped=skipped2, **hyper)
             # One launch where the device can launch cooperative kernels, else the fallback.
             assert launches1 == (1 if dev.index != 3 else 2) and launches2 == 2
+            assert dev.launches == launches2  # what it reports is what ran
             assert torch.equal(total1, total2)
             _assert_same(one, two)
         assert skipped1.item() == skipped2.item() == 0

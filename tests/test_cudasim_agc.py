@@ -69,6 +69,9 @@ def test_agc_count_restarts_each_call(sim_devices):
     dev = sim_devices[2]
     base = _params(torch.float32)
     first = _sim_agc(dev, clone_params(base), 2.0)
+    assert dev.launches == 2  # units of several slices are scaled by a second launch
     again = _sim_agc(dev, clone_params(base), 2.0)
     assert first == again > 0
     assert _sim_agc(dev, clone_params(base), 2.0, clip_factor=1e6) == 0  # nothing clipped
+    small = [q for q in clone_params(base) if _unit_size(q.grad) <= 8192]
+    assert _sim_agc(dev, small, 2.0) > 0 and dev.launches == 1

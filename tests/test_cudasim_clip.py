@@ -38,6 +38,7 @@ def test_norm_matches_torch_on_every_grid(sim_devices, dtype, p):
     results = []
     for dev in sim_devices:
         total, per, coef = dev.norm(tensors, norm_kind(p), p, max_norm=0.5)
+        assert dev.launches == 1  # every norm, the total and the coefficient
         _assert_zero(dev.workspaces["norm"])
         results.append((total, per, coef))
     # The result is a function of the data alone: the same bits whatever the grid size.
@@ -70,6 +71,9 @@ def test_norm_of_empty_tensors_only(sim_devices):
     for dev in sim_devices:
         total, per, coef = dev.norm(tensors, norm_kind(2.0), 2.0)
         assert total.item() == 0.0 and per.tolist() == [0.0, 0.0] and coef.item() == 1.0
+        assert dev.launches == 1  # one block writes the results
+        dev.scale_(tensors, coef)
+        assert dev.launches == 0  # nothing to scale: no launch (an empty grid is an error)
 
 
 def test_norm_of_tens_of_thousands_of_tensors(sim_devices):
@@ -101,6 +105,7 @@ def test_scale_is_bitwise_torchs_mul(sim_devices, dtype):
         theirs[5][17] = math.nan
         coef = torch.tensor(0.37, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
         dev.scale_(ours, coef)
+        assert dev.launches == 1
         for b in theirs:
             b.mul_(coef)
         for a, b in zip(ours, theirs):

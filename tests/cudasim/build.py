@@ -3,6 +3,7 @@
 The build lives in build/cudasim (GRADFAST_CUDASIM_BUILD overrides) and is incremental, so
 only the first test run on a machine pays for it (about a minute on two cores).
 """
+import ctypes
 import importlib.util
 import os
 import shutil
@@ -52,10 +53,14 @@ def build(build_dir=None, sanitize=None) -> Path:
 
 
 def load(path: Path):
-    """Import the module at `path` as gradfast_cudasim._C (beside the real gradfast._C)."""
+    """Import the module at `path` as gradfast_cudasim._C (beside the real gradfast._C).
+    module.launches() counts the kernels the simulator has started."""
     spec = importlib.util.spec_from_file_location("gradfast_cudasim._C", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    counter = ctypes.CDLL(str(path)).gfsim_launches  # the same, already loaded library
+    counter.restype = ctypes.c_uint64
+    module.launches = counter
     return module
 
 

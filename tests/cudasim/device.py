@@ -28,6 +28,13 @@ class SimDevice:
     def __init__(self, sim, index: int) -> None:
         self.sim, self.index = sim, index
         self.workspaces: Dict[str, torch.Tensor] = {}
+        self.launches = 0  # kernels the last call launched
+
+    def _call(self, entry, *args):
+        before = self.sim.launches()
+        out = entry(*args)
+        self.launches = self.sim.launches() - before
+        return out
 
     def workspace(self, kind: str, need: int) -> torch.Tensor:
         ws = self.workspaces.get(kind)
@@ -50,21 +57,21 @@ class SimDevice:
         per = torch.full((len(tensors),), float("nan"), dtype=math_dtype) if per_tensor else None
         total = torch.full((), float("nan"), dtype=dtype)
         coef = torch.full((), float("nan"), dtype=math_dtype)
-        self.sim.cuda_multi_norm(*dl.args(), DTYPE_CODES[dtype], kind, p, ws.data_ptr(),
-                                 _ptr(per), total.data_ptr(), coef.data_ptr(), max_norm,
-                                 self.index, 0)
+        self._call(self.sim.cuda_multi_norm, *dl.args(), DTYPE_CODES[dtype], kind, p,
+                   ws.data_ptr(), _ptr(per), total.data_ptr(), coef.data_ptr(), max_norm,
+                   self.index, 0)
         return total, per, coef
 
     # (The table must outlive the call: keep `dl`, never pass a temporary's pointer.)
     def scale_(self, tensors: List[torch.Tensor], coef: torch.Tensor) -> None:
         dl = device_list(tensors)
-        self.sim.cuda_multi_scale(*dl.args(), DTYPE_CODES[tensors[0].dtype], coef.data_ptr(),
-                                  self.index, 0)
+        self._call(self.sim.cuda_multi_scale, *dl.args(), DTYPE_CODES[tensors[0].dtype],
+                   coef.data_ptr(), self.index, 0)
 
     def clamp_(self, tensors: List[torch.Tensor], lo: float, hi: float) -> None:
         dl = device_list(tensors)
-        self.sim.cuda_multi_clamp(*dl.args(), DTYPE_CODES[tensors[0].dtype], lo, hi,
-                                  self.index, 0)
+        self._call(self.sim.cuda_multi_clamp, *dl.args(), DTYPE_CODES[tensors[0].dtype], lo,
+                   hi, self.index, 0)
 
     # ---- Adam: adam_step and the one-launch clip_adam_step -----------------------------
     def _adam_table(self, lists, amsgrad: bool) -> AdamDeviceList:
@@ -84,8 +91,8 @@ class SimDevice:
             total_code=DTYPE_CODES[total.dtype] if total is not None else 0, **hyper)
         dl = self._adam_table(lists, amsgrad)
         ws = self.workspace("adam", self.sim.cuda_adam_workspace_bytes(dl.n))
-        self.sim.cuda_adam_step(*dl.args(), DTYPE_CODES[dtype], h, f, c, _ptr(skipped),
-                                ws.data_ptr(), self.index, 0)
+        self._call(self.sim.cuda_adam_step, *dl.args(), DTYPE_CODES[dtype], h, f, c,
+                   _ptr(skipped), ws.data_ptr(), self.index, 0)
 
     def clip_adam(self, lists, amsgrad: bool, kind: int, p: float, cooperative: bool = True,
                   skipped: Optional[torch.Tensor] = None, **hyper):
@@ -99,9 +106,10 @@ class SimDevice:
         norm_ws = self.workspace("norm", self.sim.cuda_norm_workspace_bytes(
             gl.n, gl.n_chunks, code))
         adam_ws = self.workspace("adam", self.sim.cuda_adam_workspace_bytes(dl.n))
-        launches = self.sim.cuda_clip_adam_step(
-            *gl.args(), *dl.args(), code, kind, p, norm_ws.data_ptr(), total.data_ptr(), 0,
-            h, f, c, _ptr(skipped), adam_ws.data_ptr(), cooperative, self.index, 0)
+        launches = self._call(
+            self.sim.cuda_clip_adam_step, *gl.args(), *dl.args(), code, kind, p,
+            norm_ws.data_ptr(), total.data_ptr(), 0, h, f, c, _ptr(skipped), adam_ws.data_ptr(),
+            cooperative, self.index, 0)
         return total, launches
 
     # ---- adaptive gradient clipping ----------------------------------------------------
@@ -114,6 +122,6 @@ class SimDevice:
         ws = self.workspace("agc", self.sim.cuda_agc_workspace_bytes(
             dl.n_big_units, dl.n_big_items, DTYPE_CODES[dtype]))
         clipped = torch.full((), -1, dtype=torch.int64)
-        self.sim.cuda_agc(*dl.args(), DTYPE_CODES[dtype], kind, p, clip_factor, eps,
-                          ws.data_ptr(), clipped.data_ptr(), self.index, 0)
+        self._call(self.sim.cuda_agc, *dl.args(), DTYPE_CODES[dtype], kind, p, clip_factor,
+                   eps, ws.data_ptr(), clipped.data_ptr(), self.index, 0)
         return int(clipped)

@@ -66,6 +66,8 @@ constexpr int kBlocksPerSm = 2;     // what the occupancy query reports for ever
 constexpr int kWorkers = 4;         // host threads running the blocks of a normal launch
 constexpr size_t kStackBytes = 256 << 10;  // per CUDA thread, the lowest page a guard
 
+std::atomic<uint64_t> launches{0};  // kernels started, for the tests' launch counts
+
 thread_local int current_device = 0;
 thread_local cudaError_t last_error = cudaSuccess;
 
@@ -342,6 +344,7 @@ cudaError_t run_grid(dim3 grid_dim, dim3 block_dim, bool cooperative, ThreadBody
     if (n_blocks > (uint64_t)dev.sms * occupancy(n_threads))
       return cudaErrorCooperativeLaunchTooLarge;
   }
+  launches.fetch_add(1);
   Grid grid{n_blocks, cooperative};
   std::atomic<uint64_t> next{0};
   auto worker = [&] {
@@ -451,4 +454,9 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
     case cudaDevAttrCooperativeLaunch: *value = d.cooperative ? 1 : 0; return cudaSuccess;
   }
   return gfsim::record(cudaErrorInvalidValue);
+}
+
+// Kernels launched so far in this process (read by the tests through ctypes).
+extern "C" __attribute__((visibility("default"))) uint64_t gfsim_launches() {
+  return gfsim::launches.load();
 }
