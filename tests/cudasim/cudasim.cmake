@@ -3,7 +3,7 @@
 # kernels, so the CUDA entry points run on the CPU where no GPU is.
 set(GF_SIM_DIR ${CMAKE_CURRENT_LIST_DIR})
 file(GLOB GF_SIM_CU CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/csrc/cuda/*.cu)
-set(GF_SIM_SOURCES ${GF_SIM_DIR}/runtime.cpp ${GF_SIM_DIR}/fiber.cpp)
+set(GF_SIM_SOURCES ${GF_SIM_DIR}/runtime.cpp ${GF_SIM_DIR}/block.cpp ${GF_SIM_DIR}/fiber.cpp)
 foreach(cu ${GF_SIM_CU})
   get_filename_component(name ${cu} NAME_WE)
   set(out ${CMAKE_BINARY_DIR}/cudasim/${name}.cpp)
