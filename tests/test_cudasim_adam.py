@@ -192,3 +192,38 @@ def test_one_launch_skips_a_nonfinite_step(sim_devices):
         assert total.isnan() and skipped.item() == 1
         _assert_same(lists, before)
         assert int(torch.count_nonzero(dev.workspaces["adam"])) == 0
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_random_adam_steps_are_bitwise_the_cpu_kernel(sim_devices, seed):
+    """Random sizes (0-20K elements, some at odd offsets: the scalar path), dtypes and
+    hyperparameters, three steps, against the CPU kernel on identical copies."""
+    gen = torch.Generator().manual_seed(2000 + seed)
+    pick = lambda n: int(torch.randint(n, (), generator=gen))  # noqa: E731
+    dtype = FLOAT_DTYPES[pick(4)]
+    amsgrad = bool(pick(2))
+
+    def rnd(n, offset, scale=1.0, positive=False):
+        x = torch.randn(n + offset, generator=gen, dtype=torch.float64)[offset:] * scale
+        return (x.abs() if positive else x).to(dtype)
+
+    sizes = [pick(20_000) if pick(3) == 0 else pick(50) for _ in range(1 + pick(12))]
+    offsets = [pick(4) for _ in sizes]
+    lists = [[rnd(n, o) for n, o in zip(sizes, offsets)],
+             [rnd(n, o, 0.1) for n, o in zip(sizes, offsets)],
+             [rnd(n, o, 0.01) for n, o in zip(sizes, offsets)],
+             [rnd(n, o, 1e-3, True) for n, o in zip(sizes, offsets)],
+             [rnd(n, o, 1e-3, True) for n, o in zip(sizes, offsets)] if amsgrad else [],
+             [torch.tensor(float(pick(5))) for _ in sizes]]
+    wd_mode = pick(3)
+    hyper = _hyper(lr=10.0 ** -(1 + pick(4)), beta1=0.8 + 0.19 * pick(2),
+                   beta2=0.99 + 0.009 * pick(2), eps=10.0 ** -(4 + pick(6)),
+                   weight_decay=0.05 * (wd_mode != WD_NONE), wd_mode=wd_mode,
+                   l1=1e-3 * pick(2), maximize=bool(pick(2)), clip=bool(pick(2)), max_norm=0.5)
+    total = torch.tensor(0.1 + 3 * pick(3), dtype=dtype)
+    ours, ref = _clone(lists), _clone(lists)
+    dev = sim_devices[seed % 4]
+    for _ in range(3):
+        dev.adam(ours, amsgrad, total=total, **hyper)
+        _cpu_adam(ref, amsgrad, None, total, dtype, **hyper)
+    _assert_same(ours, ref)

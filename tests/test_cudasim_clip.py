@@ -146,3 +146,40 @@ def test_tensor_above_2_31_elements(sim_devices):
     assert total.item() == 3.0 and per.item() == 3.0
     dev.scale_([g], coef)  # 1.5 / (3 + 1e-6), rounded in fp16: 0.5
     assert g[-1].item() == 1.5 and g[(1 << 31) + 7].item() == -1.0 and g[0].item() == 0.5
+
+
+def _random_case(seed):
+    """A random list: 1-40 tensors of 0-150K elements, some views at odd offsets, one dtype,
+    one norm order, grads of mixed magnitudes."""
+    gen = torch.Generator().manual_seed(1000 + seed)
+    pick = lambda n: int(torch.randint(n, (), generator=gen))  # noqa: E731
+    dtype = FLOAT_DTYPES[pick(4)]
+    p = NORMS[pick(len(NORMS))]
+    tensors = []
+    for _ in range(1 + pick(40)):
+        n = pick(150_000) if pick(3) == 0 else pick(3000)
+        if not math.isfinite(p):
+            n = max(n, 1)  # torch has no inf norm of an empty tensor
+        offset = pick(8) if pick(2) else 0
+        scale = 10.0 ** (pick(7) - 3)
+        base = torch.randn(n + offset, generator=gen, dtype=torch.float64) * scale
+        tensors.append(base.to(dtype)[offset:])
+    return tensors, p
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_random_lists_norm_and_scale(sim_devices, seed):
+    tensors, p = _random_case(seed)
+    dtype = tensors[0].dtype
+    results = [dev.norm(tensors, norm_kind(p), p, max_norm=0.25) for dev in sim_devices[:3]]
+    for total, per, coef in results[1:]:
+        assert torch.equal(total, results[0][0]) and torch.equal(per, results[0][1])
+    total, per, coef = results[0]
+    expected = torch.nn.utils.get_total_norm(tensors, p) if p != 0 else total
+    assert_norm_matches(total, expected, tensors, p)
+    for i, t in enumerate(tensors):
+        assert_norm_matches(per[i].to(dtype), torch.linalg.vector_norm(t, p), [t], p)
+    theirs = [t.clone() for t in tensors]
+    sim_devices[seed % 4].scale_(tensors, coef)
+    for a, b in zip(tensors, theirs):
+        assert torch.equal(a, b.mul_(coef)) or (a.isnan().any() and b.isnan().any())

@@ -18,7 +18,8 @@ file(GLOB GF_SIM_HEADERS CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/csrc/cuda/*.cuh
 add_library(gf_cudasim OBJECT ${GF_SIM_SOURCES})
 target_include_directories(gf_cudasim BEFORE PRIVATE ${GF_SIM_DIR}/include ${GF_SIM_DIR}
                            ${PROJECT_SOURCE_DIR}/csrc/cuda)
-target_compile_options(gf_cudasim PRIVATE -O2 -g -Wall -Wno-unused-variable)
+# As nvcc with --fmad=false (CMakeLists.txt): no implicit FMA contraction.
+target_compile_options(gf_cudasim PRIVATE -O2 -g -Wall -Wno-unused-variable -ffp-contract=off)
 target_compile_definitions(gf_cudasim PRIVATE GRADFAST_WITH_CUDA GRADFAST_CUDA_SIM
                            GRADFAST_CUDA_ARCHS_STR="cudasim")
 if(GRADFAST_CUDA_SIM_SANITIZE)
