@@ -145,6 +145,14 @@ def l0_reference(tensors: Sequence[torch.Tensor], out_dtype: torch.dtype) -> flo
     return torch.tensor(total, dtype=torch.float64).to(out_dtype).double().item()
 
 
+_INT_OF = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The raw bits of t, for exact comparison (NaN payloads and signed zeros included)."""
+    return t.detach().contiguous().view(_INT_OF[t.element_size()]).clone()
+
+
 def least_precise(dtypes) -> torch.dtype:
     return max(dtypes, key=lambda d: torch.finfo(d).eps)
 

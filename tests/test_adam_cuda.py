@@ -12,6 +12,7 @@ from gradfast.optim import Adam, AdamW
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import adam_helpers  # noqa: E402
 from adam_helpers import clone_params, random_grads, set_grads  # noqa: E402,F401
+from clip_helpers import bits  # noqa: E402
 
 pytestmark = pytest.mark.cuda
 
@@ -320,35 +321,19 @@ def test_torch_compile_on_cuda():
 
 # ---- the opt-in one-launch clip + Adam step (GRADFAST_ADAM_LAUNCHES=1) ---------------------
 
-import contextlib  # noqa: E402
+import functools  # noqa: E402
 
 import gradfast  # noqa: E402
 from gradfast import _kernels, _tensor_lists  # noqa: E402
 from gradfast._norm_kind import norm_kind  # noqa: E402
+from gradfast.bench.adam_cuda import env_var  # noqa: E402
 from gradfast.optim.adam import LAUNCHES_ENV  # noqa: E402
 
 ALL_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 
-@contextlib.contextmanager
-def launches(value):
-    old = os.environ.get(LAUNCHES_ENV)
-    if value is None:
-        os.environ.pop(LAUNCHES_ENV, None)
-    else:
-        os.environ[LAUNCHES_ENV] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(LAUNCHES_ENV, None)
-        else:
-            os.environ[LAUNCHES_ENV] = old
-
-
-def bits(t):
-    t = t.detach()
-    return t.view({8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[t.element_size()])
+# GRADFAST_ADAM_LAUNCHES set (or removed, None) for a block, as the bench sets it.
+launches = functools.partial(env_var, LAUNCHES_ENV)
 
 
 def assert_bitwise(a, b):

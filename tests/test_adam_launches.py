@@ -15,6 +15,7 @@ from gradfast._norm_kind import L1, L2, LP
 from gradfast.optim import Adam, AdamW
 from gradfast.optim import adam as adam_mod
 from gradfast.optim.adam import LAUNCHES_ENV, _one_launch_kind
+from clip_helpers import bits
 
 CUDA0 = torch.device("cuda", 0)  # a device object only: nothing runs on it here
 CPU = torch.device("cpu")
@@ -155,10 +156,7 @@ def _emulated_clip_adam(calls):
 
 
 def _bits_equal(a, b):
-    if a.dtype.is_floating_point:
-        dt = {8: torch.int64, 4: torch.int32, 2: torch.int16}[a.element_size()]
-        a, b = a.detach().view(dt), b.detach().view(dt)
-    return torch.equal(a, b)
+    return torch.equal(bits(a), bits(b))
 
 
 CFGS = [

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from clip_helpers import FLOAT_DTYPES, dtype_id
+from clip_helpers import FLOAT_DTYPES, bits, dtype_id
 from gradfast._kernels import _adam_scalars, _ptr
 from gradfast._native import _C, DTYPE_CODES
 from gradfast._norm_kind import norm_kind
@@ -77,17 +77,13 @@ def _cpu_adam(lists, amsgrad, skipped, total, dtype, **hyper):
                      _ptr(skipped), 1)
 
 
-def _bits(t):
-    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
-
-
 def _assert_same(a_lists, b_lists):
     """Bitwise equality (NaNs included) of two state lists."""
     names = ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")
     for name, a_list, b_list in zip(names, a_lists, b_lists):
         assert len(a_list) == len(b_list)
         for i, (a, b) in enumerate(zip(a_list, b_list)):
-            assert torch.equal(_bits(a), _bits(b)), \
+            assert torch.equal(bits(a), bits(b)), \
                 f"{name}[{i}] differs: max {(a.double() - b.double()).abs().max()}"
 
 

@@ -21,6 +21,7 @@ from clip_helpers import (  # noqa: E402
     INF,
     GradSpec,
     assert_norm_matches,
+    bits,
     build,
     dtype_id,
     grads_of,
@@ -31,13 +32,6 @@ from gradfast._native import CHUNK_ELEMS as C  # noqa: E402
 
 NORMS = [2.0, 1.0, INF, -INF, 0.0, 3.5, 0.5]
 THREADS = [1, 2, 3]
-
-_INT_OF = {8: torch.int64, 4: torch.int32, 2: torch.int16}
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    """The raw bits of t, for exact comparison (NaN payloads and signed zeros included)."""
-    return t.detach().contiguous().view(_INT_OF[t.element_size()]).clone()
 
 
 def assert_same_bits(a: torch.Tensor, b: torch.Tensor, what: str) -> None:

@@ -50,7 +50,8 @@ def make(kind):
 
 
 @contextlib.contextmanager
-def _env(name, value):
+def env_var(name, value):
+    """Environment variable `name` set to `value` (removed when None) for the block."""
     old = os.environ.get(name)
     if value is None:
         os.environ.pop(name, None)
@@ -105,12 +106,12 @@ def main(argv=None) -> int:
         ):
             opt = mk(params)
 
-            def step(opt=opt, clip=clip):
+            def step(opt=opt, clip=clip, params=params):
                 if clip:
                     torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
 
-            with _env(LAUNCHES_ENV, env):
+            with env_var(LAUNCHES_ENV, env):
                 rows[name] = time_steps(step, steps)
             if env is not None:
                 launches[name] = getattr(opt, "_gf_launches", None)
