@@ -6,19 +6,15 @@ Tensors are CPU tensors; the simulated kernels read and write them through raw p
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
 
 from gradfast._kernels import _adam_scalars, _ptr
 from gradfast._native import DTYPE_CODES, MATH_DTYPE
-from gradfast._tensor_lists import AdamDeviceList, AgcDeviceList, DeviceList
+from gradfast._tensor_lists import AdamDeviceList, AgcDeviceList, device_list
 
 _CPU = torch.device("cpu")
-
-
-def device_list(tensors: Sequence[torch.Tensor]) -> DeviceList:
-    return DeviceList([t.data_ptr() for t in tensors], [t.numel() for t in tensors], _CPU)
 
 
 class SimDevice:
@@ -62,7 +58,8 @@ class SimDevice:
                    self.index, 0)
         return total, per, coef
 
-    # (The table must outlive the call: keep `dl`, never pass a temporary's pointer.)
+    # (The table must outlive the call: keep `dl`, never pass a temporary's pointer; the
+    # list cache holds it too.)
     def scale_(self, tensors: List[torch.Tensor], coef: torch.Tensor) -> None:
         dl = device_list(tensors)
         self._call(self.sim.cuda_multi_scale, *dl.args(), DTYPE_CODES[tensors[0].dtype],

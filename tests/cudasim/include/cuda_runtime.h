@@ -40,7 +40,6 @@ struct dim3 {
 };
 struct uint3 { unsigned x, y, z; };
 struct alignas(16) uint4 { unsigned x, y, z, w; };
-struct alignas(16) float4 { float x, y, z, w; };
 
 // The running fiber's coordinates (set by the scheduler before it resumes a fiber).
 extern thread_local uint3 threadIdx;
@@ -95,18 +94,19 @@ struct Invocation {
 
 struct LaunchConfig {
   dim3 grid, block;
+  size_t shared_bytes;
 };
 inline LaunchConfig config(dim3 grid, dim3 block, size_t shared_bytes = 0,
                            cudaStream_t = nullptr) {
-  // No kernel of gradfast's uses dynamic shared memory; refuse rather than ignore it.
-  if (shared_bytes != 0) set_launch_error(cudaErrorInvalidValue);
-  return {grid, block};
+  return {grid, block, shared_bytes};
 }
 
 // kernel<<<grid, block, shared, stream>>>(args...), as rewritten by rewrite_launches.py.
 // Runs synchronously: the stream's order is trivially kept.
 template <typename... P, typename... A>
 void launch(void (*kernel)(P...), LaunchConfig cfg, A&&... args) {
+  // No kernel of gradfast's uses dynamic shared memory: refuse it rather than ignore it.
+  if (cfg.shared_bytes != 0) return set_launch_error(cudaErrorInvalidValue);
   using Tuple = std::tuple<std::decay_t<P>...>;
   const Tuple params(static_cast<std::decay_t<P>>(std::forward<A>(args))...);
   Invocation<Tuple, P...> inv{kernel, &params};
@@ -195,7 +195,6 @@ inline unsigned ballot(const char* file, int line, unsigned mask, int pred) {
 #define __ballot_sync(...) ::gfsim::ballot(__FILE__, __LINE__, __VA_ARGS__)
 
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned)x); }
-inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
 inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 
@@ -227,18 +226,12 @@ void __stcg(T* p, T v) {
   }
 }
 
+// Integer only: gradfast's kernels use no floating-point atomics (their sums would depend
+// on arrival order), and the simulator refuses to compile one.
 template <typename T>
 T atomicAdd(T* addr, T v) {
-  if constexpr (std::is_integral<T>::value) {
-    return __atomic_fetch_add(addr, v, __ATOMIC_SEQ_CST);
-  } else {
-    T old = __ldcg(addr), next;
-    do {
-      next = old + v;
-    } while (!__atomic_compare_exchange(addr, &old, &next, false, __ATOMIC_SEQ_CST,
-                                        __ATOMIC_SEQ_CST));
-    return old;
-  }
+  static_assert(std::is_integral<T>::value, "floating-point atomicAdd: not deterministic");
+  return __atomic_fetch_add(addr, v, __ATOMIC_SEQ_CST);
 }
 template <typename T>
 T atomicExch(T* addr, T v) { return __atomic_exchange_n(addr, v, __ATOMIC_SEQ_CST); }
