@@ -167,10 +167,13 @@ class GradMonitor:
         under GradScaler), the clip threshold it used and whether it skipped the step: do
         not also call :meth:`step`. When the optimizer clips or skips with the monitor's
         norm order, one norm pass serves both. Uses the optimizer's public
-        ``register_step_norms_hook``. Returns the monitor.
+        ``register_step_norms_hook``. A compiled ``opt.step()`` records too (traced with
+        fullgraph=True): its rows wait on the device until the next eager call (``flush``,
+        ``data``, ...), which reads and analyses them. Returns the monitor.
         """
         opt = _inner_optimizer(optimizer)
         self.detach(opt)
+        self._recorder.prepare_compiled(self.parameters[0].device)
         self._handles[id(opt)] = opt.register_step_norms_hook(self._on_step,
                                                               norm_type=self.norm_type)
         return self
@@ -227,6 +230,9 @@ class GradMonitor:
         ``total > max_norm`` marks a clip event. skipped: whether the optimizer skipped
         this step (bool or 0-d bool tensor).
         """
+        if torch.compiler.is_compiling():
+            self._recorder.record_compiled(total, per_tensor, params, max_norm, skipped)
+            return
         block = self._recorder.record(total, per_tensor, params, max_norm, skipped)
         if block is not None:
             self._analyse(block)
@@ -246,9 +252,9 @@ class GradMonitor:
     # ---- read-back and analysis (host side) ----------------------------------------------
     def flush(self) -> None:
         """Read back and analyse every recorded step now (one host synchronisation)."""
-        block = self._recorder.readback()
-        if block is not None:
-            self._analyse(block)
+        for block in (self._recorder.drain(), self._recorder.readback()):
+            if block is not None:
+                self._analyse(block)
 
     def _analyse(self, block: np.ndarray) -> None:
         for r in range(block.shape[0]):
