@@ -18,10 +18,11 @@ from typing import Iterable, List, Optional, Tuple, Union
 
 import torch
 
-from .._kernels import group_agc_cuda
-from .._native import _C, CUDA_COMPILED, DTYPE_CODES
-from .._norm_kind import norm_kind, parse_norm_type
-from .._tensor_lists import group_by_device_dtype, has_duplicates, native_supported
+from .._native.agc import group_agc
+from .._native.library import CUDA_COMPILED
+from .._native.norm_kind import norm_kind, parse_norm_type
+from .._native.op import NativeOp
+from .._native.support import group_by_device_dtype, native_supported
 
 __all__ = ["adaptive_clip_grad_"]
 
@@ -120,9 +121,8 @@ def adaptive_clip_grad_(
     if native:
         for (device, dtype), idx in group_by_device_dtype([g for _, g, _ in native]).items():
             group = [native[i] for i in idx]
-            args = ([w for w, _, _ in group], [g for _, g, _ in group],
-                    [u for _, _, u in group], kind, p, clip_factor, eps)
-            clipped = _agc_op(*args) if torch.compiler.is_compiling() else _agc_group(*args)
+            clipped = _agc_group([w for w, _, _ in group], [g for _, g, _ in group],
+                                 [u for _, _, u in group], kind, p, clip_factor, eps)
             counts.append(clipped.to(first_device))
     if other:
         counts.append(_agc_torch([w for w, _ in other], [g for _, g in other], clip_factor,
@@ -130,34 +130,19 @@ def adaptive_clip_grad_(
     return counts[0] if len(counts) == 1 else torch.stack(counts).sum()
 
 
-def _agc_group(params: List[torch.Tensor], grads: List[torch.Tensor], units: List[int],
-               kind: int, p: float, clip_factor: float, eps: float) -> torch.Tensor:
-    """AGC of one (device, dtype) group of dense gradients with the native kernels; the
-    count of clipped units (0-d int64 on the group's device). A gradient listed twice goes
-    through torch's ops, one tensor after the other (the parallel kernels would race)."""
-    if grads[0].is_cuda:
-        clipped = group_agc_cuda(params, grads, units, kind, p, clip_factor, eps)
-        if clipped is not None:
-            return clipped
+def _agc_impl(params, grads, units, kind, p, clip_factor, eps) -> torch.Tensor:
+    """One (device, dtype) group natively; a gradient listed twice goes through torch's ops,
+    one tensor after the other (the parallel kernels would race on it)."""
+    clipped = group_agc(params, grads, units, kind, p, clip_factor, eps)
+    if clipped is None:
         return _agc_torch(params, grads, clip_factor, eps, p)
-    gptrs, numels = [g.data_ptr() for g in grads], [g.numel() for g in grads]
-    if has_duplicates(gptrs, numels):
-        return _agc_torch(params, grads, clip_factor, eps, p)
-    clipped = torch.zeros((), dtype=torch.int64)
-    _C.cpu_agc([w.data_ptr() for w in params], gptrs, numels, list(units),
-               DTYPE_CODES[grads[0].dtype], kind, p, clip_factor, eps, clipped.data_ptr(),
-               torch.get_num_threads())
     return clipped
 
 
-# Under torch.compile the kernels are reached through this op (raw pointers cannot be
-# traced); eagerly _agc_group is called directly, without the dispatcher's overhead.
-@torch.library.custom_op("gradfast::agc_", mutates_args=("grads",))
-def _agc_op(params: List[torch.Tensor], grads: List[torch.Tensor], units: List[int],
-            kind: int, p: float, clip_factor: float, eps: float) -> torch.Tensor:
-    return _agc_group(params, grads, units, kind, p, clip_factor, eps)
-
-
-@_agc_op.register_fake
-def _(params, grads, units, kind, p, clip_factor, eps):
-    return grads[0].new_empty((), dtype=torch.int64)
+# The native AGC of one group as a torch.library op, so torch.compile traces
+# adaptive_clip_grad_ (fullgraph) and runs the same kernels; eager calls run _agc_impl.
+_agc_group = NativeOp(
+    "group_agc_", "(Tensor[] params, Tensor(a!)[] grads, int[] units, int kind, float p, "
+    "float clip_factor, float eps) -> Tensor",
+    _agc_impl, lambda params, grads, units, kind, p, clip_factor, eps:
+    grads[0].new_empty((), dtype=torch.int64))

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .._norm_kind import parse_norm_type
+from .._native.norm_kind import parse_norm_type
 from .detection import HealthRules
 from .events import GradEvent, GradientHealthWarning, publish
 from .norms import grad_norms
