@@ -505,7 +505,7 @@ def test_foreach_fused_accepted_and_stored():
     opt = Adam(p, foreach=False, fused=None)
     assert opt.param_groups[0]["foreach"] is False and opt.param_groups[0]["fused"] is None
     opt = Adam(p, fused=True)
-    assert opt.param_groups[0]["fused"] is True and opt._step_supports_amp_scaling
+    assert opt.param_groups[0]["fused"] is True
 
 
 def test_params_without_grads_keep_no_state():

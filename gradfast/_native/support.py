@@ -42,6 +42,14 @@ def all_native_supported(tensors: Sequence[torch.Tensor]) -> bool:
     comprehension over the cheapest tensor attributes: clipping runs it for every grad of
     every step.
     """
+    if torch.compiler.is_compiling():
+        # Dynamo cannot trace is_inference() ("Encountered tensor.is_inference() during
+        # tracing": a graph break, an error under fullgraph=True). Compiled code reaches
+        # the kernels through the custom ops, and the dispatcher refuses their in-place
+        # writes to inference tensors outside inference mode, as torch's own ops do.
+        return all([type(t) in _PLAIN_TYPES and t.layout is _STRIDED
+                    and t.dtype in DTYPE_CODES and (t.is_cpu or t.is_cuda)
+                    and (t.is_contiguous() or is_dense(t)) for t in tensors])
     return all([type(t) in _PLAIN_TYPES and t.layout is _STRIDED and t.dtype in DTYPE_CODES
                 and (t.is_cpu or t.is_cuda) and (t.is_contiguous() or is_dense(t))
                 and not t.is_inference() for t in tensors])

@@ -1,6 +1,8 @@
 """What every gradfast optimizer shares: its extras (max_grad_norm, grad_norm_type,
 l1_weight_decay, skip_nonfinite), the global norm, clip thresholds, GradScaler's hand-over,
-the per-step inputs of the kernels, the skipped-step counter and the attached monitor.
+the per-step inputs of the kernels, the skipped-step counter, the step-norms hooks
+(GradMonitor.attach), checkpoints of threshold objects, the GradScaler hand-over answer
+frameworks read, and parameters only torch can step (the subclass's fallback).
 
 A subclass says how a parameter group becomes a work item (its tensor lists, checked and
 normalised: _group_work) and how one (device, dtype) part of it is updated (_update). The
@@ -9,16 +11,20 @@ clips or skips (gradfast's norm kernel); one update call per (group, device, dty
 """
 from __future__ import annotations
 
+import sys
+from collections import OrderedDict
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.utils.hooks import RemovableHandle
 
 from .. import _torch_fallback
 from .._native.norm import total_norm
 from .._native.norm_kind import check_empty, norm_kind, parse_norm_type
 from .._native.op import compiling
 from .._native.step import StepArgs
+from ..health.checkpoint import pack_thresholds, unpack_thresholds
 from ..health.norms import aligned_per_tensor, norms_of
 from ._validation import EXTRA_DEFAULTS
 
@@ -32,6 +38,17 @@ class WorkItem(NamedTuple):
     copies: List[Tuple[Tensor, Tensor]]  # (user grad, dense copy the kernel reads)
     split: List[Tuple[torch.device, Optional[List[int]]]]  # (device, indices or None=all)
     host: Optional[tuple]           # CPU pointers a step plan keeps, or None
+    fallback: Tuple[Tensor, ...] = ()  # params (with grads) the subclass's torch path steps
+
+
+class StepNorms(NamedTuple):
+    """What a step-norms hook receives after each step (see
+    FusedOptimizer.register_step_norms_hook)."""
+    total: Tensor         # 0-d fp32: global norm of the grads stepped, pre-clip, unscaled
+    per_tensor: Tensor    # fp32 [len(params)]: each of those grads' norm, same order
+    params: List[Tensor]  # the parameters that had a gradient, in param_groups order
+    max_norm: Any         # the clip threshold used (float, or 0-d device tensor), or None
+    skipped: Tensor       # 0-d bool device tensor: the step was skipped on the device
 
 
 def on_device(cache: Dict, t: Optional[Tensor], device: torch.device,
@@ -57,18 +74,57 @@ def is_threshold_object(max_norm) -> bool:
 
 
 class FusedOptimizer(torch.optim.Optimizer):
-    """Base of gradfast's fused optimizers (see the module docstring)."""
+    """Base of gradfast's fused optimizers (see the module docstring).
+
+    ``register_step_norms_hook(hook, norm_type=2.0)`` (gradfast's addition) registers
+    ``hook(optimizer, record)``, called at the end of every ``step()`` that updated
+    something, with a :class:`StepNorms` record: the pre-clip (unscaled under GradScaler)
+    global and per-tensor gradient norms of order ``norm_type`` of the parameters it
+    stepped, the clip threshold it used and whether it skipped the step on the device.
+    The norms come from the step's own norm pass when the optimizer clips or skips with
+    the same norm order (otherwise one extra pass per norm order), inside a compiled step
+    too; nothing synchronises with the device. Returns a
+    ``torch.utils.hooks.RemovableHandle``. Hooks are not pickled or deep-copied with the
+    optimizer. ``GradMonitor.attach`` uses it.
+    """
 
     def __init__(self, params, defaults: Dict[str, Any]) -> None:
         super().__init__(params, defaults)
-        # Like torch's fused optimizers: GradScaler hands over grad_scale / found_inf and the
-        # kernel unscales and skips on the device.
-        self._step_supports_amp_scaling = True
         self._gf_reset()
         # Mutated (never reassigned) by step(), which torch.compile traces more easily.
         self._gf_results: Dict[str, Optional[Tensor]] = {"grad_norm": None,
                                                          "skipped_steps": None}
-        self._gf_monitor = None  # a GradMonitor fed by step() (GradMonitor.attach)
+        # Created here rather than by the first step, so that a compiled step sees the
+        # same attributes from its first call on (no recompile for it).
+        first = next((p for g in self.param_groups for p in g["params"]), None)
+        if first is not None:
+            self._skipped_counter(first.device)
+        # register_step_norms_hook: handle id -> (hook, norm order).
+        self._gf_norm_hooks: "OrderedDict[int, Tuple[Any, float]]" = OrderedDict()
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """True when torch's GradScaler.step asks, False for anyone else.
+
+        GradScaler.step then hands over grad_scale / found_inf, and the kernel unscales
+        and skips on the device, as with torch's fused optimizers. Lightning's and
+        accelerate's precision plugins read the same flag to decide whether they may
+        unscale and clip gradients themselves, and refuse gradient clipping when it is
+        True, even under bf16 where no GradScaler exists. Answering them False, they
+        unscale through the scaler (fp16) before clipping, and GradScaler.step still hands
+        over found_inf (with no grad_scale, the grads being unscaled), so an overflow is
+        still skipped on the device, without a sync.
+        """
+        return sys._getframe(1).f_globals.get("__name__") == "torch.amp.grad_scaler"
+
+    def register_step_norms_hook(self, hook, norm_type: float = 2.0) -> RemovableHandle:
+        """Call ``hook(optimizer, StepNorms)`` after every step (see the class docstring)."""
+        norm_type = parse_norm_type(norm_type)
+        if norm_type != norm_type:
+            raise ValueError(f"Invalid norm_type value: {norm_type}")
+        handle = RemovableHandle(self._gf_norm_hooks)
+        self._gf_norm_hooks[handle.id] = (hook, norm_type)
+        return handle
 
     def _gf_reset(self) -> None:
         """Forget what was remembered about the state (after loading or unpickling)."""
@@ -84,17 +140,35 @@ class FusedOptimizer(torch.optim.Optimizer):
     @property
     def skipped_steps(self) -> Optional[Tensor]:
         """int64 0-d device tensor: steps skipped on the device (non-finite global norm with
-        skip_nonfinite, or GradScaler's found_inf). None before the first step."""
+        skip_nonfinite, or GradScaler's found_inf), on the first parameter's device."""
         return self._gf_results["skipped_steps"]
 
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        for p in self.param_groups[-1]["params"]:
-            if torch.is_complex(p):
+        # Checked before torch adds the group, so a refused group leaves param_groups as
+        # they were.
+        params = param_group["params"]
+        if not isinstance(params, (Tensor, set)):  # (a set: torch's TypeError follows)
+            params = param_group["params"] = list(params)  # a generator is read once
+        for p in [params] if isinstance(params, Tensor) else params:
+            if isinstance(p, Tensor) and torch.is_complex(p):
                 raise RuntimeError(
                     f"gradfast.optim.{type(self).__name__} does not support complex "
                     "parameters; optimise them with torch.optim (or as torch.view_as_real "
                     "views)")
+        super().add_param_group(param_group)
+
+    def state_dict(self) -> Dict[str, Any]:
+        # A max_grad_norm object (AutoClip) is saved as its own state_dict, so the result
+        # holds only tensors and primitives and loads with torch.load(weights_only=True).
+        state = super().state_dict()
+        pack_thresholds(state["param_groups"])
+        return state
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        # The saved AutoClip history goes back into the objects this optimizer holds.
+        before = [g.get("max_grad_norm") for g in self.param_groups]
+        super().load_state_dict(state_dict)
+        unpack_thresholds(self.param_groups, before)
 
     def __getstate__(self) -> Dict[str, Any]:
         state = super().__getstate__()
@@ -110,10 +184,9 @@ class FusedOptimizer(torch.optim.Optimizer):
             for key, default in EXTRA_DEFAULTS.items():
                 group.setdefault(key, defaults.get(key, default))
         self._gf_reset()
-        self.__dict__.setdefault("_gf_monitor", None)
+        self.__dict__.setdefault("_gf_norm_hooks", OrderedDict())  # hooks are not pickled
         if "_gf_results" not in self.__dict__:
             self._gf_results = {"grad_norm": None, "skipped_steps": None}
-        self._step_supports_amp_scaling = True
 
     # ---- what a subclass provides ---------------------------------------------------------
 
@@ -124,6 +197,15 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _update(self, item: WorkItem, device: torch.device, idx: Optional[List[int]],
                 step: StepArgs, skipped: Optional[Tensor]) -> None:
         """Update the (device, dtype) part idx of item (None: all of it)."""
+        raise NotImplementedError
+
+    def _fallback_update(self, group: Dict[str, Any], params: List[Tensor], *,
+                         grad_scale: Optional[Tensor], found_inf: Optional[Tensor],
+                         grad_norm: Optional[Tensor], threshold,
+                         skipped: Optional[Tensor]) -> None:
+        """Step params (WorkItem.fallback) with torch's algorithm; grad_norm: the step's
+        unscaled global norm (when it clips or skips), threshold: the clip threshold or
+        None, skipped: the skipped-step counter to increment on a skip (None: counted)."""
         raise NotImplementedError
 
     def _fused_norm_kind(self, work: List[WorkItem], norm_types: set) -> Optional[int]:
@@ -172,9 +254,11 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _fused_step(self) -> None:
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        use_plans = not compiling()  # plans hold raw pointers: eager mode only
+        is_compiling = compiling()
+        use_plans = not is_compiling  # plans hold raw pointers: eager mode only
         work: List[WorkItem] = []
         all_grads: List[Tensor] = []
+        fallback_params: List[Tensor] = []
         norm_types = set()
         for group in self.param_groups:
             item = self._group_work(group, use_plans)
@@ -182,36 +266,43 @@ class FusedOptimizer(torch.optim.Optimizer):
                 continue
             work.append(item)
             all_grads.extend(item.lists.grads)
+            fallback_params.extend(item.fallback)
             if group["max_grad_norm"] is not None or group["skip_nonfinite"]:
                 norm_types.add(parse_norm_type(group["grad_norm_type"]))
         if not work:
             return
-        skipped_steps = self._skipped_counter(work[0].lists.params[0].device)
+        if fallback_params:
+            all_grads = all_grads + [p.grad for p in fallback_params]
+        skipped_steps = self._skipped_counter(all_grads[0].device)
         if len(norm_types) > 1:
             raise ValueError(
                 "parameter groups that clip or skip non-finite steps must use the same "
                 f"grad_norm_type, got {sorted(norm_types)}")
 
-        monitor = self._gf_monitor
+        hooks = self._gf_norm_hooks
+        hook_types = {nt for _, nt in hooks.values()}
         total = None
-        monitored = None  # (total, per-tensor groups) of this step's one norm pass
+        monitored: Dict[float, Any] = {}  # norm order -> (total, per-tensor groups)
         fused_kind = None
-        if monitor is not None and (not norm_types or monitor.norm_type in norm_types):
-            # One pass gives the monitor its per-tensor norms and the step its total.
-            monitored = norms_of(all_grads, monitor.norm_type)
-            if norm_types:
-                total = monitored[0]
+        if norm_types and next(iter(norm_types)) in hook_types:
+            # One pass gives the hooks their per-tensor norms and the step its total.
+            nt = next(iter(norm_types))
+            monitored[nt] = norms_of(all_grads, nt)
+            total = monitored[nt][0]
         elif norm_types:
-            fused_kind = self._fused_norm_kind(work, norm_types) if monitor is None else None
-            if fused_kind is None:
+            if not hooks and not fallback_params:
+                fused_kind = self._fused_norm_kind(work, norm_types)
+            if fallback_params:  # torch's norm takes the grads the kernels cannot
+                total = norms_of(all_grads, next(iter(norm_types)))[0]
+            elif fused_kind is None:
                 total = self._global_norm(all_grads, next(iter(norm_types)))
             else:
                 check_empty(all_grads, next(iter(norm_types)))
         if total is not None:
             self._set_grad_norm(total, grad_scale)
-        if monitor is not None and monitored is None:
-            monitored = norms_of(all_grads, monitor.norm_type)  # the monitor's own order
-        skipped_before = skipped_steps.clone() if monitor is not None else None
+        for nt in hook_types - set(monitored):
+            monitored[nt] = norms_of(all_grads, nt)  # a hook's own norm order
+        skipped_before = skipped_steps.clone() if hooks else None
 
         scale_by_dev: Dict = {}
         inf_by_dev: Dict = {}
@@ -241,8 +332,20 @@ class FusedOptimizer(torch.optim.Optimizer):
                 skipped = None
                 if not counter_used and device == skipped_steps.device:
                     skipped, counter_used = skipped_steps, True
-                lr_t = on_device(lr_by_dev, lr, device, (torch.float32, torch.float64)) \
-                    if isinstance(lr, Tensor) else None
+                if isinstance(lr, Tensor):
+                    lr_t = on_device(lr_by_dev, lr, device, (torch.float32, torch.float64))
+                elif is_compiling:
+                    # A float lr enters the graph as a tensor the kernel reads (dynamo turns
+                    # a changing float into a SymFloat): a scheduler's new lr reuses the
+                    # compiled step instead of recompiling for every value. (A multiply,
+                    # which dynamo's float tensorification handles; torch.full would
+                    # specialise the value.)
+                    lr_t = lr_by_dev.get(device)
+                    if lr_t is None:
+                        lr_t = lr_by_dev[device] = torch.ones(
+                            (), dtype=torch.float64, device=device) * lr
+                else:
+                    lr_t = None
                 step = StepArgs(
                     lr=0.0 if lr_t is not None else float(lr), lr_t=lr_t,
                     grad_scale=on_device(scale_by_dev, grad_scale, device),
@@ -261,19 +364,29 @@ class FusedOptimizer(torch.optim.Optimizer):
             if grad_scale is not None:
                 for orig, copy in item.copies:
                     orig.copy_(copy)
-        if monitor is not None:
-            self._feed_monitor(monitor, monitored, work, grad_scale,
-                               torch.gt(skipped_steps, skipped_before), monitor_max_norm)
+            if item.fallback:
+                threshold = None
+                if clip:
+                    threshold = thr[0] if thr is not None else float(max_norm)
+                self._fallback_update(
+                    group, list(item.fallback), grad_scale=grad_scale, found_inf=found_inf,
+                    grad_norm=self._gf_results["grad_norm"] if norm_types else None,
+                    threshold=threshold, skipped=None if counter_used else skipped_steps)
+                counter_used = True
+        if hooks:
+            params = [p for item in work for p in item.lists.params] + fallback_params
+            self._call_norm_hooks(monitored, params, grad_scale,
+                                  torch.gt(skipped_steps, skipped_before), monitor_max_norm)
 
-    @staticmethod
-    def _feed_monitor(monitor, monitored, work, grad_scale, skipped, max_norm) -> None:
-        """Record this step's (pre-clip, unscaled) norms in an attached GradMonitor."""
-        total, groups = monitored
-        params = [p for item in work for p in item.lists.params]
-        per_tensor = aligned_per_tensor(len(params), groups, total.device, torch.float32)
-        total = total.to(torch.float32)
-        if grad_scale is not None:
-            scale = grad_scale.to(total.device, non_blocking=True)
-            total, per_tensor = total / scale, per_tensor / scale
-        monitor.record(total, per_tensor, params=params, max_norm=max_norm, skipped=skipped)
-
+    def _call_norm_hooks(self, monitored, params, grad_scale, skipped, max_norm) -> None:
+        """Hand this step's (pre-clip, unscaled) norms to the step-norms hooks."""
+        records: Dict[float, StepNorms] = {}
+        for nt, (total, groups) in monitored.items():
+            per_tensor = aligned_per_tensor(len(params), groups, total.device, torch.float32)
+            total = total.to(torch.float32)
+            if grad_scale is not None:
+                scale = grad_scale.to(total.device, non_blocking=True)
+                total, per_tensor = total / scale, per_tensor / scale
+            records[nt] = StepNorms(total, per_tensor, params, max_norm, skipped)
+        for hook, nt in list(self._gf_norm_hooks.values()):
+            hook(self, records[nt])

@@ -24,7 +24,7 @@ gradfast's keyword-only extras (per parameter group, like every hyperparameter):
     step whose every gradient is in one CUDA (device, dtype) group of one parameter group,
     with a norm order the native kernels compute and a number or Tensor threshold (not
     AutoClip, whose threshold is computed from the norm between the two launches), and no
-    attached GradMonitor, runs the norm and the update in one cooperative launch instead,
+    step-norms hook (an attached GradMonitor), runs the norm and the update in one cooperative launch instead,
     with bitwise the same results (falling back to the two launches where the device
     cannot launch it). Unset or ``2``: always the two launches.
 ``grad_norm_type`` (2.0)
@@ -49,16 +49,24 @@ parameter's device; of the unscaled gradients under GradScaler), when any group 
 skips; ``skipped_steps``: an int64 0-d tensor counting the steps skipped on the device
 (non-finite norm with skip_nonfinite, or GradScaler's found_inf).
 
-Works with torch.amp.GradScaler like torch's fused optimizers (``_step_supports_amp_scaling``:
+Works with torch.amp.GradScaler like torch's fused optimizers (``_step_supports_amp_scaling``,
+True when GradScaler.step asks, see FusedOptimizer:
 the gradients are unscaled in the kernel, and written back unscaled; a step with found_inf
 is skipped on the device; any nonzero found_inf skips, where torch's kernel tests for exactly
 1), with lr schedulers (the lr is read from ``param_groups`` each
 step; a Tensor lr is read from device memory by the kernel), with CUDA graph capture when
 ``capturable=True`` and with torch.compile (through torch.library custom ops).
 
-Not supported: ``differentiable=True``, complex parameters and sparse gradients (errors),
-parameters that are not dense in memory. ``foreach`` and ``fused`` are accepted (and
-stored in ``param_groups`` as torch does) but ignored.
+Not supported: ``differentiable=True``, complex parameters and sparse gradients (errors).
+Parameters that are not dense in memory (views with gaps such as ``x[..., 0]``) are
+stepped by torch's for-loop Adam instead (optim/_fallback.py: torch's numbers, with a host
+sync for skip decisions). ``foreach`` and ``fused`` are accepted (and stored in
+``param_groups`` as torch does) but ignored, except that ``fused=True`` gets torch's
+device/dtype check and error.
+
+``register_step_norms_hook(hook, norm_type=2.0)``: ``hook(optimizer, StepNorms)`` after
+each step with the step's pre-clip global and per-tensor norms, threshold and skip flag
+(see gradfast.optim._fused.FusedOptimizer; GradMonitor.attach uses it).
 """
 from __future__ import annotations
 
@@ -67,6 +75,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import _device_dtype_check_for_fused
 
 from .._native import adam as _adam
 from .._native.library import _C, DTYPE_CODES
@@ -74,6 +83,7 @@ from .._native.norm_kind import norm_kind
 from .._native.op import compiling
 from .._native.step import StepArgs
 from .._native.support import is_dense, native_supported, split
+from ._fallback import fallback_adam
 from ._fused import FusedOptimizer, WorkItem, is_threshold_object
 from ._plan import GroupPlan
 from ._validation import check_adam_args, check_extras, check_fused_flags
@@ -90,6 +100,13 @@ LAUNCHES_ENV = "GRADFAST_ADAM_LAUNCHES"
 
 # The state entries an Adam step reads, in AdamLists' order after params and grads.
 _STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")
+
+
+def _torch_steps(p: Tensor) -> bool:
+    """Whether torch's for-loop Adam steps p (_fallback.py): a plain CPU/CUDA tensor of a
+    native dtype that is not dense in memory (e.g. the view x[..., 0])."""
+    return (type(p) in (Tensor, torch.nn.Parameter) and p.dtype in DTYPE_CODES
+            and (p.is_cpu or p.is_cuda) and not is_dense(p))
 
 
 def _value(x) -> float:
@@ -159,7 +176,7 @@ class Adam(FusedOptimizer):
     # ---- state -------------------------------------------------------------------------
 
     def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-                    grad_copies) -> None:
+                    grad_copies, fallback: Optional[List[Tensor]] = None) -> None:
         amsgrad = group["amsgrad"]
         checked = self._checked_state
         for p in group["params"]:
@@ -171,6 +188,11 @@ class Adam(FusedOptimizer):
                     "Adam does not support sparse gradients, please consider SparseAdam instead"
                 )
             state = self.state[p]
+            if len(state) == 0 and group["fused"]:
+                _device_dtype_check_for_fused(p)  # torch's check and message
+            if fallback is not None and _torch_steps(p):
+                fallback.append(p)
+                continue
             if len(state) == 0:
                 if not native_supported(p):
                     raise RuntimeError(self._unsupported_message(p, group))
@@ -262,18 +284,26 @@ class Adam(FusedOptimizer):
         # and carries over what it appended only to list arguments (dynamo's OptimizerVariable).
         lists = [], [], [], [], [], []
         copies: List[Tuple[Tensor, Tensor]] = []
-        self._init_group(group, *lists, copies)
+        fallback: List[Tensor] = []
+        self._init_group(group, *lists, copies, fallback)
         lists = _adam.AdamLists(*lists)
         if not lists.params:
+            if fallback:
+                return WorkItem(group, lists, [], [], None, tuple(fallback))
             return None
         parts = split(lists.params)
         host = None
-        if not copies and use_plans:
+        if not copies and not fallback and use_plans:
             plan = GroupPlan(group, grads_all, lists, [self.state[p] for p in lists.params],
                              _STATE_KEYS, {"amsgrad": bool(group["amsgrad"])}, parts)
             self._plans[id(group)] = plan
             host = plan.host
-        return WorkItem(group, lists, copies, parts, host)
+        return WorkItem(group, lists, copies, parts, host, tuple(fallback))
+
+    def _fallback_update(self, group, params, *, grad_scale, found_inf, grad_norm, threshold,
+                         skipped) -> None:
+        fallback_adam(group, params, self.state, grad_scale=grad_scale, found_inf=found_inf,
+                      grad_norm=grad_norm, threshold=threshold, skipped=skipped)
 
     @staticmethod
     def _hyper(group) -> _adam.AdamHyper:
@@ -308,7 +338,7 @@ class Adam(FusedOptimizer):
         if os.environ.get(LAUNCHES_ENV) != "1":
             return None
         self._gf_launches = None
-        return _one_launch_kind(work, norm_types, self._gf_monitor)
+        return _one_launch_kind(work, norm_types, self._gf_norm_hooks or None)
 
 
 def _one_launch_kind(work, norm_types, monitor) -> Optional[int]:
