@@ -353,7 +353,7 @@ def _one_launch_kind(work, norm_types, monitor) -> Optional[int]:
     """
     if monitor is not None or len(work) != 1 or len(norm_types) != 1:
         return None
-    group, _, _, parts, _ = work[0]
+    group, parts = work[0][0], work[0][3]  # WorkItem's group and split
     if len(parts) != 1 or parts[0][0].type != "cuda":
         return None
     if is_threshold_object(group["max_grad_norm"]) or compiling():
