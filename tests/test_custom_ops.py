@@ -12,6 +12,7 @@ from gradfast._native.backend import use
 from gradfast._native.norm_kind import L1, L2
 from gradfast._native.op import DEFINED
 from gradfast._native.step import StepArgs
+import gradfast.health.agc  # noqa: F401  (defines gradfast::group_agc_)
 
 
 def _norm_samples():
@@ -45,7 +46,16 @@ def _adam_samples():
                                  step.switches())
 
 
-SAMPLES = list(_norm_samples()) + list(_adam_samples())
+def _agc_samples():
+    # gradfast::group_agc_ (defined in gradfast/health/agc.py): units clipped and not.
+    g = torch.Generator().manual_seed(2)
+    for dtype in (torch.float32, torch.bfloat16):
+        params = [torch.randn(s, generator=g).to(dtype) for s in [(4, 6), (5,)]]
+        grads = [torch.randn(s, generator=g).to(dtype) * 0.05 for s in [(4, 6), (5,)]]
+        yield "group_agc_", (params, grads, [6, 5], L2, 2.0, 0.02, 1e-3)
+
+
+SAMPLES = list(_norm_samples()) + list(_adam_samples()) + list(_agc_samples())
 
 
 @pytest.fixture(params=["cpu", "cudasim"])
