@@ -2,7 +2,6 @@
 with Trainer(gradient_clip_val=...), gradfast's own max_grad_norm=, gradient accumulation,
 a checkpoint resume that continues bitwise like an uninterrupted run (with an AutoClip,
 loaded under weights_only=True), and GradMonitor.attach(self.optimizers())."""
-import copy
 
 import pytest
 import torch
