@@ -17,7 +17,8 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate
 
 from .. import clip as _clip
-from .._torch_fallback import clamp_
+from .._tensor_lists import all_native_supported
+from .._torch_fallback import clamp_, scale_
 from .partial_norms import local_partial, partial_kind
 from .placements import Accounting, check_not_partial, common_root, meshes_of
 from .reduction import global_norm, group_of
@@ -64,7 +65,8 @@ def _result_dtype(local: List[torch.Tensor]) -> torch.dtype:
 
 
 def total_norm(grads: List[torch.Tensor], p: float, pp_mesh: Optional[DeviceMesh]):
-    """(global norm as a plain 0-d tensor, the one mesh of all grads or None, local shards).
+    """(global norm as a plain 0-d tensor, the one mesh of all grads or None, the non-empty
+    local shards, whether the native kernels take them all).
 
     Every rank of the root mesh must call this (it runs one collective).
     """
@@ -73,25 +75,36 @@ def total_norm(grads: List[torch.Tensor], p: float, pp_mesh: Optional[DeviceMesh
         raise ValueError("gradfast.distributed: no DTensor gradient and no pp_mesh")
     root = common_root(meshes, pp_mesh)
     acc = _accounting(root, pp_mesh)
-    local = locals_of(grads)
-    counted = []
-    plain_counted = None
-    for g, t in zip(grads, local):
-        if isinstance(g, DTensor):
-            spec = g._spec
-            if acc.counted(spec.mesh, spec.placements):
-                counted.append(t)
+    plain_counted = acc.plain_counted()
+    live, counted = [], []
+    all_dtensor = True
+    for g in grads:
+        if type(g) is DTensor or isinstance(g, DTensor):
+            t = g._local_tensor
+            here = acc.spec_counted(g._spec)
         else:
-            if plain_counted is None:
-                plain_counted = acc.plain_counted()
-            if plain_counted:
+            t, here, all_dtensor = g, plain_counted, False
+        if t.numel():  # empty shards contribute nothing and are not scaled
+            live.append(t)
+            if here:
                 counted.append(t)
-    device = local[0].device if local else _default_device(root)
-    partial = local_partial(counted, p, device)
-    total = global_norm(partial, partial_kind(p), p, group_of(root)).to(_result_dtype(local))
-    one_mesh = meshes[0] if len(meshes) == 1 and all(
-        isinstance(g, DTensor) for g in grads) else None
-    return total, one_mesh, local
+    native = all_native_supported(live)
+    device = live[0].device if live else (
+        _local_device(grads[0]) if grads else _default_device(root))
+    partial = local_partial(counted, p, device, native_ok=native)
+    dtype = _result_dtype([_local(g) for g in grads]) if len(live) != len(grads) else (
+        _result_dtype(live))
+    total = global_norm(partial, partial_kind(p), p, group_of(root)).to(dtype)
+    one_mesh = meshes[0] if len(meshes) == 1 and all_dtensor else None
+    return total, one_mesh, live, native
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t._local_tensor if isinstance(t, DTensor) else t
+
+
+def _local_device(t: torch.Tensor) -> torch.device:
+    return _local(t).device
 
 
 def _as_returned(total: torch.Tensor, mesh: Optional[DeviceMesh]) -> torch.Tensor:
@@ -102,24 +115,31 @@ def _as_returned(total: torch.Tensor, mesh: Optional[DeviceMesh]) -> torch.Tenso
 
 def get_total_norm(tensors: List[torch.Tensor], p: float, error_if_nonfinite: bool,
                    pp_mesh: Optional[DeviceMesh]) -> torch.Tensor:
-    total, mesh, _ = total_norm(tensors, p, pp_mesh)
+    total, mesh, _, _ = total_norm(tensors, p, pp_mesh)
     if error_if_nonfinite:
         _clip._raise_if_nonfinite(total, p)
     return _as_returned(total, mesh)
 
 
-def _scale_local(local: List[torch.Tensor], coef: torch.Tensor) -> None:
-    live = [t for t in local if t.numel() > 0]
-    if live:
-        _clip._scale_by_coef(live, coef)
+def _scale_local(live: List[torch.Tensor], coef: torch.Tensor,
+                 native: Optional[bool] = None) -> None:
+    """live (non-empty local shards) *= coef, natively when the kernels take them all."""
+    if not live:
+        return
+    if native is None:
+        native = all_native_supported(live)
+    if native:
+        _clip._scale_groups(live, coef)
+    else:
+        scale_(live, coef)
 
 
 def clip_grad_norm_(grads: List[torch.Tensor], max_norm: float, p: float,
                     error_if_nonfinite: bool, pp_mesh: Optional[DeviceMesh]) -> torch.Tensor:
-    total, mesh, local = total_norm(grads, p, pp_mesh)
+    total, mesh, live, native = total_norm(grads, p, pp_mesh)
     if error_if_nonfinite:
         _clip._raise_if_nonfinite(total, p)
-    _scale_local(local, _clip._coef_from_total(max_norm, total))
+    _scale_local(live, _clip._coef_from_total(max_norm, total), native)
     return _as_returned(total, mesh)
 
 
@@ -132,7 +152,8 @@ def clip_grads_with_norm_(grads: List[torch.Tensor], max_norm: float,
             total = total._local_tensor
         else:
             total = total.full_tensor()
-    _scale_local(locals_of(grads), _clip._coef_from_total(max_norm, total))
+    live = [t for t in locals_of(grads) if t.numel()]
+    _scale_local(live, _clip._coef_from_total(max_norm, total))
 
 
 def clip_grad_value_(grads: List[torch.Tensor], clip_value: float) -> None:

@@ -29,13 +29,20 @@ def identity(kind: int) -> float:
     return math.inf if kind == NEG_INF else 0.0
 
 
-def per_tensor_norms(tensors: List[torch.Tensor], p: float) -> List[torch.Tensor]:
+def per_tensor_norms(tensors: List[torch.Tensor], p: float,
+                     native_ok: Optional[bool] = None) -> List[torch.Tensor]:
     """1-D tensors of per-tensor norms of non-empty local shards, one per (device, dtype)
-    group, each computed in one native call where the kernels take the tensors."""
+    group, each computed in one native call where the kernels take the tensors.
+    native_ok: all_native_supported(tensors) when the caller knows it already."""
     kind = norm_kind(p)
     out: List[torch.Tensor] = []
-    native = [t for t in tensors if kind is not None and all_native_supported((t,))]
-    other = [t for t in tensors if not (kind is not None and all_native_supported((t,)))]
+    if kind is None:
+        native, other = [], tensors
+    elif native_ok or (native_ok is None and all_native_supported(tensors)):
+        native, other = tensors, []
+    else:
+        native = [t for t in tensors if all_native_supported((t,))]
+        other = [t for t in tensors if not all_native_supported((t,))]
     for _, idx in group_by_device_dtype(native).items():
         # gradfast's native norm kernel; max_norm is unused here (coef ignored).
         _, per_tensor, _ = _ops.group_norm([native[i] for i in idx], p, kind, 1.0)
@@ -62,8 +69,8 @@ def fold(norms: List[torch.Tensor], kind: int, p: float,
     return x.pow(p).sum()
 
 
-def local_partial(counted: List[torch.Tensor], p: float,
-                  device: torch.device) -> torch.Tensor:
+def local_partial(counted: List[torch.Tensor], p: float, device: torch.device,
+                  native_ok: Optional[bool] = None) -> torch.Tensor:
     """This rank's partial over the local shards it counts (empty ones dropped here)."""
     live = [t for t in counted if t.numel() > 0]
-    return fold(per_tensor_norms(live, p), partial_kind(p), p, device)
+    return fold(per_tensor_norms(live, p, native_ok), partial_kind(p), p, device)

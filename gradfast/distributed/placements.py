@@ -61,6 +61,9 @@ def spanned_root_dims(mesh: Optional[DeviceMesh], root: DeviceMesh) -> frozenset
     return frozenset(d for d in range(root.ndim) if len({c[d] for c in mine}) > 1)
 
 
+_SPEC_CACHE_SIZE = 1 << 14
+
+
 class Accounting:
     """The replica decisions of one call's reduction: the root mesh, this rank's coordinate
     on it, and the root dims that pp_mesh spans (never replicas)."""
@@ -70,6 +73,7 @@ class Accounting:
         self.my_coord = coordinates(root)[dist.get_rank()]
         self.pp_dims = spanned_root_dims(pp_mesh, root) if pp_mesh is not None else frozenset()
         self._cache: Dict[tuple, Tuple[object, bool]] = {}
+        self._spec_cache: Dict[int, Tuple[object, bool]] = {}
 
     def _replica_dims_counted(self, spanned: frozenset) -> bool:
         # A root dim neither the tensor's mesh nor pp spans: this rank counts at coordinate 0.
@@ -78,6 +82,20 @@ class Accounting:
 
     def plain_counted(self) -> bool:
         return self._replica_dims_counted(frozenset())
+
+    def spec_counted(self, spec) -> bool:
+        """counted() of a DTensorSpec, cached on the spec object (FSDP2 reuses one spec
+        per parameter for its grads, so steady-state steps only look it up); refuses
+        Partial placements the first time a spec is seen."""
+        hit = self._spec_cache.get(id(spec))
+        if hit is not None and hit[0] is spec:
+            return hit[1]
+        check_not_partial(spec.placements)
+        decision = self.counted(spec.mesh, spec.placements)
+        if len(self._spec_cache) > _SPEC_CACHE_SIZE:
+            self._spec_cache.clear()
+        self._spec_cache[id(spec)] = (spec, decision)  # the spec kept: its id stays unique
+        return decision
 
     def counted(self, mesh: DeviceMesh, placements: Sequence) -> bool:
         key = (id(mesh), tuple(placements))
