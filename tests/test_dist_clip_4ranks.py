@@ -152,6 +152,54 @@ def check_pipeline_stages_of_fsdp_on_one_world_mesh():
         assert_bitwise_same_on_all_ranks(total)
 
 
+def _check_per_tensor(m, group=None):
+    from gradfast.distributed import local_norms, reduce_per_tensor_norms
+    grads = _grads(m)
+    full = full64(grads)
+    for p in ORDERS:
+        local = local_norms(grads, p).float()
+        per, n = collectives(lambda: reduce_per_tensor_norms(local, grads, p))
+        assert n == 1, (p, n)
+        assert per.dtype == torch.float32 and per.shape == (len(grads),)
+        for i, f in enumerate(full):
+            assert_close_norm(per[i].item(), ref_norm([f], p), 1e-5, f"p={p} grad {i}")
+        assert_bitwise_same_on_all_ranks(per, group)
+
+
+def check_per_tensor_norms_hsdp():
+    _check_per_tensor(_hsdp())
+
+
+def check_per_tensor_norms_fsdp_tp_mixed_meshes():
+    _check_per_tensor(_fsdp_tp())
+
+
+def check_per_tensor_norms_nan_on_rank3_survives():
+    from gradfast.distributed import local_norms, reduce_per_tensor_norms
+    m = _fsdp_tp()
+    if dist.get_rank() == 3:
+        local_value(_grads(m)[2]).view(-1)[0] = math.nan
+        local_value(_grads(m)[4]).view(-1)[0] = math.inf
+    grads = _grads(m)
+    full = full64(grads)
+    for p in (2.0, 1.0, math.inf, -math.inf):
+        per = reduce_per_tensor_norms(local_norms(grads, p), grads, p)
+        assert math.isnan(per[2].item()), (p, per)
+        for i in (0, 1, 3, 4, 5):
+            assert_close_norm(per[i].item(), ref_norm([full[i]], p), 1e-5, f"p={p} grad {i}")
+
+
+def check_per_tensor_norms_within_pipeline_stage():
+    from torch.distributed.fsdp import fully_shard
+    world = _mesh2d(("pp", "dp"))
+    stage_id = world["pp"].get_local_rank()
+    torch.manual_seed(20 + stage_id)
+    stage = torch.nn.Sequential(torch.nn.Linear(4, 5 + stage_id), torch.nn.Linear(5 + stage_id, 2))
+    fully_shard(stage, mesh=world["dp"])
+    _backward(stage)
+    _check_per_tensor(stage, group=world["dp"].get_group())
+
+
 CHECKS = list_checks(globals())
 
 

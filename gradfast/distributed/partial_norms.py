@@ -10,7 +10,7 @@ non-dense) use torch's vector_norm, one tensor at a time.
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -29,27 +29,36 @@ def identity(kind: int) -> float:
     return math.inf if kind == NEG_INF else 0.0
 
 
+def indexed_norms(tensors: List[torch.Tensor], p: float,
+                  native_ok: Optional[bool] = None) -> List[Tuple[List[int], torch.Tensor]]:
+    """[(indices into tensors, their 1-D norms)] for non-empty local shards: one native
+    call per (device, dtype) group where the kernels take the tensors, torch's
+    vector_norm for the others. native_ok: all_native_supported(tensors) when known."""
+    kind = norm_kind(p)
+    if kind is None:
+        native, other = [], list(range(len(tensors)))
+    elif native_ok or (native_ok is None and all_native_supported(tensors)):
+        native, other = list(range(len(tensors))), []
+    else:
+        ok = [all_native_supported((t,)) for t in tensors]
+        native = [i for i, good in enumerate(ok) if good]
+        other = [i for i, good in enumerate(ok) if not good]
+    out: List[Tuple[List[int], torch.Tensor]] = []
+    for _, idx in group_by_device_dtype([tensors[i] for i in native]).items():
+        group = [native[j] for j in idx]
+        # gradfast's native norm kernel; its clip coefficient (max_norm 1.0) is unused.
+        _, per_tensor, _ = _ops.group_norm([tensors[i] for i in group], p, kind, 1.0)
+        out.append((group, per_tensor))
+    if other:
+        out.append((other, torch.stack([torch.linalg.vector_norm(tensors[i], p)
+                                        for i in other])))
+    return out
+
+
 def per_tensor_norms(tensors: List[torch.Tensor], p: float,
                      native_ok: Optional[bool] = None) -> List[torch.Tensor]:
-    """1-D tensors of per-tensor norms of non-empty local shards, one per (device, dtype)
-    group, each computed in one native call where the kernels take the tensors.
-    native_ok: all_native_supported(tensors) when the caller knows it already."""
-    kind = norm_kind(p)
-    out: List[torch.Tensor] = []
-    if kind is None:
-        native, other = [], tensors
-    elif native_ok or (native_ok is None and all_native_supported(tensors)):
-        native, other = tensors, []
-    else:
-        native = [t for t in tensors if all_native_supported((t,))]
-        other = [t for t in tensors if not all_native_supported((t,))]
-    for _, idx in group_by_device_dtype(native).items():
-        # gradfast's native norm kernel; max_norm is unused here (coef ignored).
-        _, per_tensor, _ = _ops.group_norm([native[i] for i in idx], p, kind, 1.0)
-        out.append(per_tensor)
-    if other:
-        out.append(torch.stack([torch.linalg.vector_norm(t, p) for t in other]))
-    return out
+    """The norm vectors of indexed_norms (in no particular order)."""
+    return [norms for _, norms in indexed_norms(tensors, p, native_ok)]
 
 
 def fold(norms: List[torch.Tensor], kind: int, p: float,

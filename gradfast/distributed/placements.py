@@ -68,10 +68,13 @@ class Accounting:
     """The replica decisions of one call's reduction: the root mesh, this rank's coordinate
     on it, and the root dims that pp_mesh spans (never replicas)."""
 
-    def __init__(self, root: DeviceMesh, pp_mesh: Optional[DeviceMesh]) -> None:
+    def __init__(self, root: DeviceMesh, pp_mesh: Optional[DeviceMesh],
+                 free_dims: frozenset = frozenset()) -> None:
+        """free_dims: root dims outside the reduction (never replicas), besides pp's."""
         self.root = root
         self.my_coord = coordinates(root)[dist.get_rank()]
-        self.pp_dims = spanned_root_dims(pp_mesh, root) if pp_mesh is not None else frozenset()
+        self.pp_dims = free_dims | (
+            spanned_root_dims(pp_mesh, root) if pp_mesh is not None else frozenset())
         self._cache: Dict[tuple, Tuple[object, bool]] = {}
         self._spec_cache: Dict[int, Tuple[object, bool]] = {}
 
