@@ -131,14 +131,19 @@ def _ptr(t: Optional[torch.Tensor]) -> int:
 
 def _adam_scalars(lr, lr_t, beta1, beta2, eps, weight_decay, wd_mode, l1, maximize, amsgrad,
                   grad_scale, found_inf, total_ptr, total_code, clip, max_norm,
-                  skip_nonfinite, max_norm_t):
-    """(hyper, flags, control) tuples of the native Adam entry points (csrc/bindings)."""
-    hyper = (beta1, beta2, eps, weight_decay, l1, maximize)
-    flags = (amsgrad, wd_mode, l1 != 0.0, grad_scale is not None)
-    control = (lr, _ptr(lr_t), DTYPE_CODES[lr_t.dtype] if lr_t is not None else 0,
-               _ptr(grad_scale), _ptr(found_inf), total_ptr, total_code, clip, max_norm,
-               skip_nonfinite, _ptr(max_norm_t),
-               DTYPE_CODES[max_norm_t.dtype] if max_norm_t is not None else 0)
+                  skip_nonfinite, max_norm_t, lib=_C):
+    """(hyper, flags, control) structs of the native Adam entry points (csrc/bindings), as
+    classes of `lib` (gradfast._C, or the simulator's copy of it)."""
+    hyper = lib.AdamHyper(beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, l1=l1,
+                         maximize=maximize)
+    flags = lib.AdamFlags(amsgrad=amsgrad, wd=lib.WeightDecayMode(wd_mode), l1=l1 != 0.0,
+                         unscale=grad_scale is not None)
+    control = lib.StepControl(
+        lr=lr, lr_ptr=_ptr(lr_t), lr_dtype=DTYPE_CODES[lr_t.dtype] if lr_t is not None else 0,
+        grad_scale=_ptr(grad_scale), found_inf=_ptr(found_inf), total_norm=total_ptr,
+        total_dtype=total_code, clip=clip, max_norm=max_norm, skip_nonfinite=skip_nonfinite,
+        max_norm_ptr=_ptr(max_norm_t),
+        max_norm_dtype=DTYPE_CODES[max_norm_t.dtype] if max_norm_t is not None else 0)
     return hyper, flags, control
 
 

@@ -85,7 +85,8 @@ class SimDevice:
         dtype = lists[0][0].dtype
         h, f, c = _adam_scalars(
             amsgrad=amsgrad, total_ptr=_ptr(total),
-            total_code=DTYPE_CODES[total.dtype] if total is not None else 0, **hyper)
+            total_code=DTYPE_CODES[total.dtype] if total is not None else 0, lib=self.sim,
+            **hyper)
         dl = self._adam_table(lists, amsgrad)
         ws = self.workspace("adam", self.sim.cuda_adam_workspace_bytes(dl.n))
         self._call(self.sim.cuda_adam_step, *dl.args(), DTYPE_CODES[dtype], h, f, c,
@@ -97,7 +98,8 @@ class SimDevice:
         dtype = lists[0][0].dtype
         code = DTYPE_CODES[dtype]
         total = torch.full((), float("nan"), dtype=dtype)
-        h, f, c = _adam_scalars(amsgrad=amsgrad, total_ptr=0, total_code=code, **hyper)
+        h, f, c = _adam_scalars(amsgrad=amsgrad, total_ptr=0, total_code=code, lib=self.sim,
+                                **hyper)
         gl = device_list(lists[1])
         dl = self._adam_table(lists, amsgrad)
         norm_ws = self.workspace("norm", self.sim.cuda_norm_workspace_bytes(
