@@ -1,6 +1,6 @@
 """Multi-process test harness: one spawn of N gloo ranks on 127.0.0.1 per test module.
 
-A module defines `check_*` functions (run, in definition order, inside every rank, with
+A module defines `check*` functions (run, in definition order, inside every rank, with
 torch.distributed initialised) and a module-scoped fixture calling run_checks(); each
 pytest test then reads one check's per-rank outcome. A rank that fails a check records
 the traceback and goes on; a collective that another rank never reaches times out (gloo
@@ -31,18 +31,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def list_checks(module_globals: dict) -> List[str]:
-    return [n for n, f in module_globals.items() if n.startswith("check_") and callable(f)]
+def list_checks(module_globals: dict, prefix: str = "check") -> List[str]:
+    return [n for n, f in module_globals.items() if n.startswith(prefix) and callable(f)]
 
 
-def _worker(rank: int, world: int, port: int, module: str, outdir: str) -> None:
+def _worker(rank: int, world: int, port: int, module: str, outdir: str, prefix: str) -> None:
     torch.set_num_threads(1)  # N ranks share this box's 2 cores
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world,
                             timeout=datetime.timedelta(seconds=GLOO_TIMEOUT_S))
     mod = importlib.import_module(module)
     results: Dict[str, str] = {}
-    for name in list_checks(vars(mod)):
+    for name in list_checks(vars(mod), prefix):
         torch.manual_seed(1234)
         try:
             getattr(mod, name)()
@@ -54,10 +54,12 @@ def _worker(rank: int, world: int, port: int, module: str, outdir: str) -> None:
     dist.destroy_process_group()
 
 
-def run_checks(module: str, world: int, timeout_s: float = 300.0) -> List[Dict[str, str]]:
-    """Spawn `world` ranks running module's checks; [per-rank {check: "ok" | traceback}]."""
+def run_checks(module: str, world: int, timeout_s: float = 300.0,
+               prefix: str = "check") -> List[Dict[str, str]]:
+    """Spawn `world` ranks running module's checks (functions named prefix*);
+    [per-rank {check: "ok" | traceback}]."""
     with tempfile.TemporaryDirectory() as outdir:
-        ctx = mp.start_processes(_worker, args=(world, free_port(), module, outdir),
+        ctx = mp.start_processes(_worker, args=(world, free_port(), module, outdir, prefix),
                                  nprocs=world, join=False, start_method="spawn")
         deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout_s)
         error = None

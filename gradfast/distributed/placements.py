@@ -134,14 +134,16 @@ def meshes_of(tensors: Sequence[torch.Tensor]) -> List[DeviceMesh]:
 
 def common_root(meshes: Sequence[DeviceMesh], pp_mesh: Optional[DeviceMesh]) -> DeviceMesh:
     """The one root mesh of every gradient mesh and of pp_mesh; a clear error otherwise."""
-    roots: Dict[int, DeviceMesh] = {}
+    roots: List[DeviceMesh] = []
     for m in list(meshes) + ([pp_mesh] if pp_mesh is not None else []):
         r = root_of(m)
-        roots.setdefault(id(r), r)
+        # Equal meshes built separately (same ranks, layout and names) are one root.
+        if not any(r is q or r == q for q in roots):
+            roots.append(r)
     if len(roots) != 1:
         raise ValueError(
             "gradfast: the gradients' device meshes (and pp_mesh) must be submeshes of one "
             "root DeviceMesh, so that one all-reduce over it covers them all; got roots "
-            f"{list(roots.values())}. Build them by slicing one init_device_mesh(...), e.g. "
+            f"{roots}. Build them by slicing one init_device_mesh(...), e.g. "
             "world['dp'], world['tp'], world['pp']")
-    return next(iter(roots.values()))
+    return roots[0]

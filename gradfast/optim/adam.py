@@ -83,6 +83,19 @@ _WD_NONE, _WD_L2, _WD_DECOUPLED = 0, 1, 2
 
 _NATIVE_DTYPES = tuple(DTYPE_CODES)
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _dist_step():
+    # Imported on first use: single-process training never loads torch.distributed.tensor.
+    from ..distributed import optim_step
+    return optim_step
+
+
+def _dist_plan():
+    from ..distributed.optim_plan import LocalPlan
+    return LocalPlan
+
 # GRADFAST_ADAM_LAUNCHES=1 asks for the one-launch clip + Adam step where it applies
 # (_one_launch_kind); unset, 2 or anything else: the default two launches.
 LAUNCHES_ENV = "GRADFAST_ADAM_LAUNCHES"
@@ -164,6 +177,7 @@ class Adam(torch.optim.Optimizer):
         grad_norm_type: float = 2.0,
         l1_weight_decay: float = 0.0,
         skip_nonfinite: bool = False,
+        pp_mesh=None,
     ) -> None:
         # torch 2.13's argument checks, in torch's order and with torch's messages.
         if isinstance(lr, Tensor):
@@ -236,6 +250,10 @@ class Adam(torch.optim.Optimizer):
             "l1_weight_decay": l1_weight_decay,
             "skip_nonfinite": bool(skip_nonfinite),
         }
+        # pp_mesh (a DeviceMesh over pipeline stages) is no per-group hyperparameter: it stays
+        # out of param_groups, hence out of state_dict().
+        self._gf_pp_mesh = pp_mesh
+        self._gf_dtensor = False  # any DTensor parameter (set by add_param_group)
         super().__init__(params, defaults)
 
         if fused:
@@ -276,6 +294,9 @@ class Adam(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
         super().add_param_group(param_group)
+        if any(type(p) not in _PLAIN for p in self.param_groups[-1]["params"]):
+            self._gf_dtensor = self._gf_dtensor or _dist_step().any_dtensor(
+                self.param_groups[-1:])
         for p in self.param_groups[-1]["params"]:
             if torch.is_complex(p):
                 raise RuntimeError(
@@ -310,6 +331,10 @@ class Adam(torch.optim.Optimizer):
         self._plans = {}
         self.__dict__.setdefault("_gf_monitor", None)
         self.__dict__.setdefault("_gf_launches", None)
+        self.__dict__.setdefault("_gf_pp_mesh", None)
+        self._gf_dtensor = any(type(p) not in _PLAIN for g in self.param_groups
+                               for p in g["params"]) and _dist_step().any_dtensor(
+                                   self.param_groups)
         if "_gf_results" not in self.__dict__:
             self._gf_results = {"grad_norm": None, "skipped_steps": None}
         self._step_supports_amp_scaling = True
@@ -317,7 +342,9 @@ class Adam(torch.optim.Optimizer):
     # ---- state -------------------------------------------------------------------------
 
     def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                    steps, grad_copies) -> None:
+                    steps, grad_copies, owners=None) -> None:
+        """owners, when given, gets the parameters themselves (DTensors), whose local
+        shards the other lists hold."""
         amsgrad = group["amsgrad"]
         checked = self._checked_state
         for p in group["params"]:
@@ -329,6 +356,18 @@ class Adam(torch.optim.Optimizer):
                     "Adam does not support sparse gradients, please consider SparseAdam instead"
                 )
             state = self.state[p]
+            if owners is not None:
+                owners.append(p)
+            if self._gf_dtensor and type(p) not in _PLAIN:
+                # A DTensor parameter: its local shards go to the kernels.
+                local = _dist_step().local_lists(f"gradfast.optim.{type(self).__name__}", p,
+                                                 g, state, amsgrad, checked, grad_copies)
+                for lst, t in zip((params, grads, exp_avgs, exp_avg_sqs), local[:4]):
+                    lst.append(t)
+                if amsgrad:
+                    max_exp_avg_sqs.append(local[4])
+                steps.append(local[5])
+                continue
             if len(state) == 0:
                 if not native_supported(p):
                     raise RuntimeError(self._unsupported_message(p, group))
@@ -473,12 +512,18 @@ class Adam(torch.optim.Optimizer):
                 plans.pop(id(group), None)
                 lists = ([], [], [], [], [], [])
                 copies: List[Tuple[Tensor, Tensor]] = []
-                self._init_group(group, *lists, copies)
+                owners: List[Tensor] = []
+                self._init_group(group, *lists, copies, owners)
                 if not lists[0]:
                     continue
                 split = _split(lists[0])
                 host = None
-                if not copies and use_plans:
+                if not copies and use_plans and self._gf_dtensor:
+                    # Keyed on the local shards (DTensor wrappers are rebuilt every step).
+                    plan = _dist_plan()(group, grads_all, owners, lists,
+                                        [self.state[p] for p in owners], split, None)
+                    plans[id(group)] = plan
+                elif not copies and use_plans:
                     plan = GroupPlan(group, grads_all, lists,
                                      [self.state[p] for p in lists[0]], split)
                     plans[id(group)] = plan
@@ -504,7 +549,12 @@ class Adam(torch.optim.Optimizer):
         total = None
         monitored = None  # (total, per-tensor groups) of this step's one norm pass
         one_launch = None  # the norm kind when the norm runs in the update's launch
-        if monitor is not None and (not norm_types or monitor.norm_type in norm_types):
+        if norm_types and (self._gf_dtensor or self._gf_pp_mesh is not None):
+            # Sharded grads or pipeline stages: the global norm over every rank, from one
+            # all-reduce (gradfast.distributed); an attached monitor sees local shards.
+            total = _dist_step().global_norm(self.param_groups, next(iter(norm_types)),
+                                             self._gf_pp_mesh)
+        elif monitor is not None and (not norm_types or monitor.norm_type in norm_types):
             # One pass gives the monitor its per-tensor norms and the step its total.
             monitored = norms_of(all_grads, monitor.norm_type)
             if norm_types:
@@ -648,13 +698,14 @@ class AdamW(Adam):
         grad_norm_type: float = 2.0,
         l1_weight_decay: float = 0.0,
         skip_nonfinite: bool = False,
+        pp_mesh=None,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
             capturable=capturable, differentiable=differentiable, fused=fused,
             decoupled_weight_decay=True, max_grad_norm=max_grad_norm,
             grad_norm_type=grad_norm_type, l1_weight_decay=l1_weight_decay,
-            skip_nonfinite=skip_nonfinite)
+            skip_nonfinite=skip_nonfinite, pp_mesh=pp_mesh)
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
