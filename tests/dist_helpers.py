@@ -35,9 +35,12 @@ def list_checks(module_globals: dict, prefix: str = "check") -> List[str]:
     return [n for n, f in module_globals.items() if n.startswith(prefix) and callable(f)]
 
 
-def _worker(rank: int, world: int, port: int, module: str, outdir: str, prefix: str) -> None:
+def _worker(rank: int, world: int, port: int, module: str, outdir: str, prefix: str,
+            backend: str) -> None:
     torch.set_num_threads(1)  # N ranks share this box's 2 cores
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world,
                             timeout=datetime.timedelta(seconds=GLOO_TIMEOUT_S))
     mod = importlib.import_module(module)
@@ -55,11 +58,11 @@ def _worker(rank: int, world: int, port: int, module: str, outdir: str, prefix: 
 
 
 def run_checks(module: str, world: int, timeout_s: float = 300.0,
-               prefix: str = "check") -> List[Dict[str, str]]:
+               prefix: str = "check", backend: str = "gloo") -> List[Dict[str, str]]:
     """Spawn `world` ranks running module's checks (functions named prefix*);
     [per-rank {check: "ok" | traceback}]."""
     with tempfile.TemporaryDirectory() as outdir:
-        ctx = mp.start_processes(_worker, args=(world, free_port(), module, outdir, prefix),
+        ctx = mp.start_processes(_worker, args=(world, free_port(), module, outdir, prefix, backend),
                                  nprocs=world, join=False, start_method="spawn")
         deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout_s)
         error = None
