@@ -206,7 +206,8 @@ def clip_grad_norm_(
                 "`parameters` is an empty generator, no gradient clipping will occur.",
                 stacklevel=3,
             )
-    grads = [p.grad for p in parameters if p.grad is not None]
+    # One .grad read per parameter (a DTensor parameter's costs about a microsecond).
+    grads = [g for g in [q.grad for q in parameters] if g is not None]
     p = parse_norm_type(norm_type)
     max_norm = float(max_norm)
     native = norm_kind(p) is not None and _native_ok(grads)
