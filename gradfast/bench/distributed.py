@@ -62,12 +62,16 @@ def _free_port() -> int:
 
 def table(doc: Dict[str, Any]) -> str:
     head = ["workload", "torch ms/step", "gradfast ms/step", "speedup",
+            "torch CPU ms", "gradfast CPU ms", "CPU ratio",
             "collectives torch", "collectives gradfast", "bytes torch", "bytes gradfast"]
     rows = []
     for name, rec in doc["result"]["workloads"].items():
         t, g = rec["torch"], rec["gradfast"]
         rows.append([name, f"{t['median_s'] * 1e3:.3f}", f"{g['median_s'] * 1e3:.3f}",
-                     f"{rec['speedup']:.2f}x", str(t["collectives_per_step"]),
+                     f"{rec['speedup']:.2f}x", f"{t['median_cpu_s'] * 1e3:.3f}",
+                     f"{g['median_cpu_s'] * 1e3:.3f}",
+                     f"{t['median_cpu_s'] / g['median_cpu_s']:.2f}x",
+                     str(t["collectives_per_step"]),
                      str(g["collectives_per_step"]), str(t["bytes_per_step"]),
                      str(g["bytes_per_step"])])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -126,9 +130,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"{env['machine']['cpu_model']}, median of {args.repeats} interleaved repeats "
             f"of {args.steps} steps")
     with open(os.path.join(out, "distributed.md"), "w") as f:
-        f.write(meta + "\n\n" + text + "\n")
+        f.write(meta + "\n\nwall: median ms per step on rank 0; CPU: rank 0's process CPU "
+                "time per step (leaves out waiting to be scheduled on a loaded machine)\n\n"
+                + text + "\n")
     png = plot(doc, os.path.join(out, "distributed.png"))
     print(meta)
+    print("wall: median ms per step on rank 0; CPU: rank 0's process CPU time per step "
+          "(leaves out waiting to be scheduled on a loaded machine)")
     print(text)
     print(f"written to {out}/ (distributed.json, distributed.md{', distributed.png' if png else ''})")
     return 0

@@ -64,24 +64,29 @@ def _sync(device: torch.device) -> None:
 
 
 def time_interleaved(sides: Dict[str, Callable[[], Any]], repeats: int, steps: int,
-                     device: torch.device, warmup: int = 3) -> Dict[str, List[float]]:
-    """Seconds per step of each side, `repeats` rounds, sides alternating within a round;
-    every block starts from a barrier so the ranks time the same thing together."""
+                     device: torch.device, warmup: int = 3
+                     ) -> Tuple[Dict[str, List[float]], Dict[str, List[float]]]:
+    """(wall seconds, this process's CPU seconds) per step of each side, `repeats` rounds,
+    sides alternating within a round; every block starts from a barrier so the ranks time
+    the same thing together. The CPU time leaves out the time a rank waits to be scheduled
+    on a loaded machine (and for the other ranks), which the wall time includes."""
     for fn in sides.values():
         for _ in range(warmup):
             fn()
-    out: Dict[str, List[float]] = {name: [] for name in sides}
+    wall: Dict[str, List[float]] = {name: [] for name in sides}
+    cpu: Dict[str, List[float]] = {name: [] for name in sides}
     for r in range(repeats):
         order = list(sides) if r % 2 == 0 else list(sides)[::-1]
         for name in order:
             _sync(device)
             dist.barrier()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 sides[name]()
             _sync(device)
-            out[name].append((time.perf_counter() - t0) / steps)
-    return out
+            wall[name].append((time.perf_counter() - t0) / steps)
+            cpu[name].append((time.process_time() - c0) / steps)
+    return wall, cpu
 
 
 def comm_of(fn: Callable[[], Any]) -> Tuple[int, int]:
@@ -139,11 +144,12 @@ def run_rank(n_params: int, width: int, repeats: int, steps: int,
     assert all(isinstance(p.grad, DTensor) for p in params)
     results: Dict[str, Any] = {}
     for name, sides in workloads(model).items():
-        times = time_interleaved(sides, repeats, steps, device)
+        times, cpu = time_interleaved(sides, repeats, steps, device)
         rec: Dict[str, Any] = {}
         for side, fn in sides.items():
             n, nbytes = comm_of(fn)
             rec[side] = {"median_s": statistics.median(times[side]), "times_s": times[side],
+                         "median_cpu_s": statistics.median(cpu[side]), "cpu_s": cpu[side],
                          "collectives_per_step": n, "bytes_per_step": nbytes}
         rec["speedup"] = rec["torch"]["median_s"] / rec["gradfast"]["median_s"]
         results[name] = rec
