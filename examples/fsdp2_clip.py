@@ -6,6 +6,7 @@ The model's parameters are sharded over the ranks (uneven shards included: Linea
 splits its 3 rows 2/1); gradfast.clip_grad_norm_ takes the DTensor gradients as they are,
 computes each rank's partial norm with its native kernel, combines them in one all-reduce
 of 16 bytes and scales the local shards. The norm it returns is the same on every rank.
+(gradfast.optim.AdamW(..., max_grad_norm=0.5) would fuse the clipping into the step.)
 """
 import os
 
@@ -30,7 +31,8 @@ def main() -> None:
         if isinstance(layer, torch.nn.Linear):
             fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    # gradfast's fused AdamW steps the local shards; its state stays DTensors (checkpoints).
+    opt = gradfast.optim.AdamW(model.parameters(), lr=1e-2)
 
     torch.manual_seed(1 + rank)  # each rank its own data
     for step in range(5):
