@@ -271,6 +271,19 @@ def check_ddp_needs_no_collective_and_matches_single_process():
         assert_bitwise_same_on_all_ranks(b)
 
 
+def check_per_tensor_norms_with_empty_shards_all_orders():
+    from gradfast.distributed import local_norms, reduce_per_tensor_norms
+    m = _fsdp_model()
+    grads = _grads(m)
+    full = full64(grads)
+    for p in ORDERS:
+        per, n = collectives(lambda: reduce_per_tensor_norms(local_norms(grads, p), grads, p))
+        assert n == 1, (p, n)
+        for i, f in enumerate(full):
+            assert_close_norm(per[i].item(), ref_norm([f], p), 1e-5, f"p={p} grad {i}")
+        assert_bitwise_same_on_all_ranks(per)
+
+
 CHECKS = list_checks(globals())
 
 
