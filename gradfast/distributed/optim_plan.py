@@ -39,7 +39,15 @@ class LocalPlan:
         self.grad_specs = [g._spec if type(g) is _DTENSOR else None
                            for g in grads_all if g is not None]
         self.p_ptrs = [t.data_ptr() for t in self.locals]
+        # The CPU entry point's raw pointers of everything but the grads, as GroupPlan's
+        # (the local params' are p_ptrs, checked every step).
+        _, _, exp_avgs, exp_avg_sqs, max_sqs, steps = lists
         self.host = host
+        if host is None and self.locals and not self.locals[0].is_cuda:
+            self.host = (self.p_ptrs, [t.data_ptr() for t in exp_avgs],
+                         [t.data_ptr() for t in exp_avg_sqs],
+                         [t.data_ptr() for t in max_sqs] if self.amsgrad else [],
+                         [t.data_ptr() for t in steps], [t.numel() for t in self.locals])
         self.split = split
 
     def grads_if_valid(self, group: Dict, params_list: List[Tensor],

@@ -523,6 +523,7 @@ class Adam(torch.optim.Optimizer):
                     plan = _dist_plan()(group, grads_all, owners, lists,
                                         [self.state[p] for p in owners], split, None)
                     plans[id(group)] = plan
+                    host = plan.host
                 elif not copies and use_plans:
                     plan = GroupPlan(group, grads_all, lists,
                                      [self.state[p] for p in lists[0]], split)
