@@ -17,7 +17,8 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate
 
 from .. import clip as _clip
-from .._tensor_lists import all_native_supported
+from .._native import norm as _norm
+from .._native.support import all_native_supported
 from .._torch_fallback import clamp_, scale_
 from .partial_norms import local_partial, partial_kind
 from .placements import Accounting, check_not_partial, common_root, meshes_of
@@ -166,4 +167,4 @@ def clip_grad_value_(grads: List[torch.Tensor], clip_value: float) -> None:
         clamp_(local, clip_value)
         return
     for _, idx in groups.items():
-        _clip._ops.group_clamp_([local[i] for i in idx], -clip_value, clip_value)
+        _norm.clamp_([local[i] for i in idx], -clip_value, clip_value)

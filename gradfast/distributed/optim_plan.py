@@ -87,6 +87,6 @@ class LocalPlan:
             return None
         return local_grads
 
-    def lists(self, grads: List[Tensor]) -> Tuple[List[Tensor], ...]:
-        params, _, exp_avgs, exp_avg_sqs, max_sqs, steps = self.lists_
-        return (params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps)
+    def lists_for(self, grads: List[Tensor]):
+        """The plan's lists with this step's (local) grads."""
+        return self.lists_._replace(grads=grads)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
-from .._tensor_lists import native_supported
+from .._native.support import native_supported
 from .clip import total_norm
 from .optim_state import init_state, local_grad, normalise_state
 

@@ -14,9 +14,9 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .. import _ops
-from .._norm_kind import INF, L0, L1, L2, LP, NEG_INF, norm_kind
-from .._tensor_lists import all_native_supported, group_by_device_dtype
+from .._native import norm as _norm
+from .._native.norm_kind import INF, L0, L1, L2, LP, NEG_INF, norm_kind
+from .._native.support import all_native_supported, group_by_device_dtype
 
 
 def partial_kind(p: float) -> int:
@@ -47,7 +47,7 @@ def indexed_norms(tensors: List[torch.Tensor], p: float,
     for _, idx in group_by_device_dtype([tensors[i] for i in native]).items():
         group = [native[j] for j in idx]
         # gradfast's native norm kernel; its clip coefficient (max_norm 1.0) is unused.
-        _, per_tensor, _ = _ops.group_norm([tensors[i] for i in group], p, kind, 1.0)
+        _, per_tensor, _ = _norm.norm([tensors[i] for i in group], p, kind, 1.0)
         out.append((group, per_tensor))
     if other:
         out.append((other, torch.stack([torch.linalg.vector_norm(tensors[i], p)

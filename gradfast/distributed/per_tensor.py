@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
-from .._norm_kind import INF, L0, L1, L2, NEG_INF, parse_norm_type
+from .._native.norm_kind import INF, L0, L1, L2, NEG_INF, parse_norm_type
 from .partial_norms import indexed_norms, partial_kind
 from .placements import Accounting, common_root, meshes_of, spanned_root_dims
 from .reduction import group_of, reduce_op

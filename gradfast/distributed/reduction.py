@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 
-from .._norm_kind import INF, L0, L1, L2, NEG_INF
+from .._native.norm_kind import INF, L0, L1, L2, NEG_INF
 
 _GROUPS: Dict[int, Tuple[DeviceMesh, object]] = {}
 
