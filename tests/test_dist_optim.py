@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from dist_helpers import (assert_bitwise_same_on_all_ranks, assert_check, collectives, full64,
+from dist_helpers import (assert_bitwise_same_on_all_ranks, assert_check, collectives,
                           list_checks, local_value, run_checks)
 
 STEPS = 3

@@ -35,10 +35,6 @@ def _accounting(root: DeviceMesh, pp_mesh: Optional[DeviceMesh]) -> Accounting:
     return hit[2]
 
 
-def has_dtensor(tensors) -> bool:
-    return any([isinstance(t, DTensor) for t in tensors])
-
-
 def locals_of(tensors: List[torch.Tensor]) -> List[torch.Tensor]:
     """The local shards (plain tensors as they are); Partial gradients refused."""
     out = []
@@ -96,7 +92,9 @@ def total_norm(grads: List[torch.Tensor], p: float, pp_mesh: Optional[DeviceMesh
     dtype = _result_dtype([_local(g) for g in grads]) if len(live) != len(grads) else (
         _result_dtype(live))
     total = global_norm(partial, partial_kind(p), p, group_of(root)).to(dtype)
-    one_mesh = meshes[0] if len(meshes) == 1 and all_dtensor else None
+    # Meshes built separately but equal (same ranks, layout and names) count as one.
+    one_mesh = meshes[0] if meshes and all_dtensor and all(
+        m is meshes[0] or m == meshes[0] for m in meshes[1:]) else None
     return total, one_mesh, live, native
 
 

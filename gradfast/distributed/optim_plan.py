@@ -9,7 +9,7 @@ parameter's own spec), and the same state tensors. Any difference: back to _init
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 from torch import Tensor
 from torch.distributed.tensor import DTensor

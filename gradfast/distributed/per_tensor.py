@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.distributed as dist
-from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
 from .._native.norm_kind import INF, L0, L1, L2, NEG_INF, parse_norm_type
