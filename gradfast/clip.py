@@ -22,7 +22,8 @@ from ._native.group import TensorGroup
 from ._native.library import MATH_DTYPE
 from ._native.norm_kind import check_empty, norm_kind, parse_norm_type
 from ._native.op import compiling
-from ._native.support import all_native_supported, group_by_device_dtype, single_group
+from ._native.support import (_PLAIN_TYPES, all_native_supported, group_by_device_dtype,
+                              single_group)
 
 _tensor_or_tensors = Union[torch.Tensor, Iterable[torch.Tensor]]
 
@@ -37,6 +38,19 @@ _NONFINITE_MSG = (
 
 
 _native_ok = all_native_supported
+
+
+def _has_dtensor(tensors) -> bool:
+    # Checked only where a tensor is not a plain one, so the single-process path pays nothing.
+    return not all([type(t) in _PLAIN_TYPES for t in tensors]) and _dtensor_in(tensors)
+
+
+def _dtensor_in(tensors) -> bool:
+    import torch.distributed as dist
+    if not dist.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+    return any([isinstance(t, DTensor) for t in tensors])
 
 
 def _coef_from_total(max_norm: float, total: torch.Tensor) -> torch.Tensor:
@@ -55,19 +69,26 @@ def get_total_norm(
     norm_type: float = 2.0,
     error_if_nonfinite: bool = False,
     foreach: Optional[bool] = None,
+    *,
+    pp_mesh=None,
 ) -> torch.Tensor:
     """Norm of an iterable of tensors, as if they were concatenated into one vector.
 
     Drop-in for torch.nn.utils.get_total_norm. ``foreach`` is accepted for compatibility.
+    DTensors and ``pp_mesh`` (a DeviceMesh over pipeline stages): see gradfast.distributed.
     """
     if isinstance(tensors, torch.Tensor):
         tensors = [tensors]
     else:
         tensors = list(tensors)
     p = parse_norm_type(norm_type)
+    native = norm_kind(p) is not None and _native_ok(tensors)
+    if pp_mesh is not None or (not native and _has_dtensor(tensors)):
+        from .distributed import clip as _dist
+        return _dist.get_total_norm(tensors, p, error_if_nonfinite, pp_mesh)
     if len(tensors) == 0:
         return torch.tensor(0.0)
-    if norm_kind(p) is not None and _native_ok(tensors):
+    if native:
         check_empty(tensors, p)
         total = _norm.total_norm(tensors, p, norm_kind(p), 1.0)[0]
     else:
@@ -118,6 +139,9 @@ def clip_grads_with_norm_(
     max_norm = float(max_norm)
     if len(grads) == 0:
         return
+    if _has_dtensor(grads) or _has_dtensor([total_norm]):
+        from .distributed import clip as _dist
+        return _dist.clip_grads_with_norm_(grads, max_norm, total_norm)
     _scale_by_coef(grads, _coef_from_total(max_norm, total_norm))
 
 
@@ -128,12 +152,16 @@ def clip_grad_norm_(
     norm_type: float = 2.0,
     error_if_nonfinite: bool = False,
     foreach: Optional[bool] = None,
+    *,
+    pp_mesh=None,
 ) -> torch.Tensor:
     """Clip the gradient norm of an iterable of parameters, in place; return the total norm.
 
     Drop-in for torch.nn.utils.clip_grad_norm_: the norm is that of all gradients as one
     vector; gradients are multiplied by min(max_norm / (total + 1e-6), 1) on the device,
     without a host synchronisation (unless error_if_nonfinite=True, as in torch).
+    DTensor grads and ``pp_mesh`` (a DeviceMesh over pipeline stages): one all-reduce of
+    16 bytes, see gradfast.distributed.
     """
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
@@ -145,12 +173,17 @@ def clip_grad_norm_(
                 "`parameters` is an empty generator, no gradient clipping will occur.",
                 stacklevel=3,
             )
-    grads = [p.grad for p in parameters if p.grad is not None]
+    # One .grad read per parameter (a DTensor parameter's costs about a microsecond).
+    grads = [g for g in [q.grad for q in parameters] if g is not None]
     p = parse_norm_type(norm_type)
     max_norm = float(max_norm)
+    native = norm_kind(p) is not None and _native_ok(grads)
+    if pp_mesh is not None or (not native and _has_dtensor(grads)):
+        from .distributed import clip as _dist
+        return _dist.clip_grad_norm_(grads, max_norm, p, error_if_nonfinite, pp_mesh)
     if len(grads) == 0:
         return torch.tensor(0.0)
-    if norm_kind(p) is None or not _native_ok(grads):
+    if not native:
         total = _torch_fallback.total_norm(grads, p)
         if error_if_nonfinite:
             _raise_if_nonfinite(total, p)
@@ -205,6 +238,9 @@ def clip_grad_value_(
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return
+    if _has_dtensor(grads):
+        from .distributed import clip as _dist
+        return _dist.clip_grad_value_(grads, clip_value)
     groups = group_by_device_dtype(grads)
     if not _native_ok(grads) or not _clip_value_native_ok(clip_value, groups):
         _torch_fallback.clamp_(grads, clip_value)

@@ -30,6 +30,19 @@ from ._validation import EXTRA_DEFAULTS
 
 _NATIVE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def dist_step():
+    # Imported on first use: single-process training never loads torch.distributed.tensor.
+    from ..distributed import optim_step
+    return optim_step
+
+
+def dist_plan():
+    from ..distributed.optim_plan import LocalPlan
+    return LocalPlan
+
 
 class WorkItem(NamedTuple):
     """One parameter group's part of a step."""
@@ -88,7 +101,13 @@ class FusedOptimizer(torch.optim.Optimizer):
     optimizer. ``GradMonitor.attach`` uses it.
     """
 
-    def __init__(self, params, defaults: Dict[str, Any]) -> None:
+    def __init__(self, params, defaults: Dict[str, Any], pp_mesh=None) -> None:
+        # DTensor parameters (FSDP2, tensor parallel) and pipeline stages (pp_mesh, a
+        # DeviceMesh over the stages): the kernels run on local shards and the global norm
+        # comes from one all-reduce (gradfast.distributed). pp_mesh is no per-group
+        # hyperparameter: it stays out of param_groups, hence out of state_dict().
+        self._gf_pp_mesh = pp_mesh
+        self._gf_dtensor = False  # any DTensor parameter (set by add_param_group)
         super().__init__(params, defaults)
         self._gf_reset()
         # Mutated (never reassigned) by step(), which torch.compile traces more easily.
@@ -156,6 +175,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                     "parameters; optimise them with torch.optim (or as torch.view_as_real "
                     "views)")
         super().add_param_group(param_group)
+        if any(type(p) not in _PLAIN for p in self.param_groups[-1]["params"]):
+            self._gf_dtensor = self._gf_dtensor or dist_step().any_dtensor(
+                self.param_groups[-1:])
 
     def state_dict(self) -> Dict[str, Any]:
         # A max_grad_norm object (AutoClip) is saved as its own state_dict, so the result
@@ -185,6 +207,10 @@ class FusedOptimizer(torch.optim.Optimizer):
                 group.setdefault(key, defaults.get(key, default))
         self._gf_reset()
         self.__dict__.setdefault("_gf_norm_hooks", OrderedDict())  # hooks are not pickled
+        self.__dict__.setdefault("_gf_pp_mesh", None)
+        self._gf_dtensor = any(type(p) not in _PLAIN for g in self.param_groups
+                               for p in g["params"]) and dist_step().any_dtensor(
+                                   self.param_groups)
         if "_gf_results" not in self.__dict__:
             self._gf_results = {"grad_norm": None, "skipped_steps": None}
 
@@ -231,7 +257,14 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._fused_step()
         return loss
 
+    def _distributed(self) -> bool:
+        return self._gf_dtensor or self._gf_pp_mesh is not None
+
     def _global_norm(self, grads: List[Tensor], norm_type: float) -> Tensor:
+        if self._distributed():
+            # Over every rank (and pipeline stage): one all-reduce of the local partials,
+            # which the clip family computes from the parameters' own (DTensor) grads.
+            return dist_step().global_norm(self.param_groups, norm_type, self._gf_pp_mesh)
         # The grads passed _group_work's checks: dense, of native dtypes and devices.
         kind = norm_kind(norm_type)
         if kind is None:
@@ -284,15 +317,18 @@ class FusedOptimizer(torch.optim.Optimizer):
         total = None
         monitored: Dict[float, Any] = {}  # norm order -> (total, per-tensor groups)
         fused_kind = None
-        if norm_types and next(iter(norm_types)) in hook_types:
+        # Distributed (DTensor parameters, pipeline stages): the global norm is the one
+        # all-reduce of _global_norm; the hooks then see the local shards' norms.
+        distributed = self._distributed()
+        if norm_types and not distributed and next(iter(norm_types)) in hook_types:
             # One pass gives the hooks their per-tensor norms and the step its total.
             nt = next(iter(norm_types))
             monitored[nt] = norms_of(all_grads, nt)
             total = monitored[nt][0]
         elif norm_types:
-            if not hooks and not fallback_params:
+            if not hooks and not fallback_params and not distributed:
                 fused_kind = self._fused_norm_kind(work, norm_types)
-            if fallback_params:  # torch's norm takes the grads the kernels cannot
+            if fallback_params and not distributed:  # torch's norm takes what the kernels cannot
                 total = norms_of(all_grads, next(iter(norm_types)))[0]
             elif fused_kind is None:
                 total = self._global_norm(all_grads, next(iter(norm_types)))

@@ -84,7 +84,7 @@ from .._native.op import compiling
 from .._native.step import StepArgs
 from .._native.support import is_dense, native_supported, split
 from ._fallback import fallback_adam
-from ._fused import FusedOptimizer, WorkItem, is_threshold_object
+from ._fused import _PLAIN, FusedOptimizer, WorkItem, dist_plan, dist_step, is_threshold_object
 from ._plan import GroupPlan
 from ._validation import check_adam_args, check_extras, check_fused_flags
 
@@ -135,6 +135,7 @@ class Adam(FusedOptimizer):
         grad_norm_type: float = 2.0,
         l1_weight_decay: float = 0.0,
         skip_nonfinite: bool = False,
+        pp_mesh=None,
     ) -> None:
         betas = check_adam_args(lr, betas, eps, weight_decay, foreach, capturable)
         extras = check_extras(max_grad_norm, grad_norm_type, l1_weight_decay, skip_nonfinite)
@@ -152,7 +153,7 @@ class Adam(FusedOptimizer):
             "decoupled_weight_decay": decoupled_weight_decay,
             **extras,
         }
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, pp_mesh=pp_mesh)
         check_fused_flags(type(self).__name__, fused, foreach, differentiable)
         # With GRADFAST_ADAM_LAUNCHES=1: the launches the last step's clip + Adam took (1,
         # or 2 when the one-launch kernel fell back), None when it was not eligible.
@@ -176,7 +177,10 @@ class Adam(FusedOptimizer):
     # ---- state -------------------------------------------------------------------------
 
     def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-                    grad_copies, fallback: Optional[List[Tensor]] = None) -> None:
+                    grad_copies, fallback: Optional[List[Tensor]] = None, owners=None) -> None:
+        """fallback, when given, gets the parameters torch's for-loop Adam steps (not dense
+        in memory); owners, when given, gets the parameters themselves (DTensors), whose
+        local shards the other lists hold."""
         amsgrad = group["amsgrad"]
         checked = self._checked_state
         for p in group["params"]:
@@ -192,6 +196,18 @@ class Adam(FusedOptimizer):
                 _device_dtype_check_for_fused(p)  # torch's check and message
             if fallback is not None and _torch_steps(p):
                 fallback.append(p)
+                continue
+            if owners is not None:
+                owners.append(p)
+            if self._gf_dtensor and type(p) not in _PLAIN:
+                # A DTensor parameter: its local shards go to the kernels.
+                local = dist_step().local_lists(f"gradfast.optim.{type(self).__name__}", p,
+                                                g, state, amsgrad, checked, grad_copies)
+                for lst, t in zip((params, grads, exp_avgs, exp_avg_sqs), local[:4]):
+                    lst.append(t)
+                if amsgrad:
+                    max_exp_avg_sqs.append(local[4])
+                steps.append(local[5])
                 continue
             if len(state) == 0:
                 if not native_supported(p):
@@ -285,7 +301,8 @@ class Adam(FusedOptimizer):
         lists = [], [], [], [], [], []
         copies: List[Tuple[Tensor, Tensor]] = []
         fallback: List[Tensor] = []
-        self._init_group(group, *lists, copies, fallback)
+        owners: Optional[List[Tensor]] = [] if self._gf_dtensor else None
+        self._init_group(group, *lists, copies, fallback, owners)
         lists = _adam.AdamLists(*lists)
         if not lists.params:
             if fallback:
@@ -293,7 +310,14 @@ class Adam(FusedOptimizer):
             return None
         parts = split(lists.params)
         host = None
-        if not copies and not fallback and use_plans:
+        if not copies and not fallback and use_plans and owners is not None:
+            # DTensor parameters: a plan keyed on the local shards (the wrappers of a
+            # step's grads are new objects; their local tensors and pointers are what count).
+            plan = dist_plan()(group, grads_all, owners, lists,
+                               [self.state[p] for p in owners], parts, None)
+            self._plans[id(group)] = plan
+            host = plan.host
+        elif not copies and not fallback and use_plans:
             plan = GroupPlan(group, grads_all, lists, [self.state[p] for p in lists.params],
                              _STATE_KEYS, {"amsgrad": bool(group["amsgrad"])}, parts)
             self._plans[id(group)] = plan
@@ -382,13 +406,14 @@ class AdamW(Adam):
         grad_norm_type: float = 2.0,
         l1_weight_decay: float = 0.0,
         skip_nonfinite: bool = False,
+        pp_mesh=None,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
             capturable=capturable, differentiable=differentiable, fused=fused,
             decoupled_weight_decay=True, max_grad_norm=max_grad_norm,
             grad_norm_type=grad_norm_type, l1_weight_decay=l1_weight_decay,
-            skip_nonfinite=skip_nonfinite)
+            skip_nonfinite=skip_nonfinite, pp_mesh=pp_mesh)
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
