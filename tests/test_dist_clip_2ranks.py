@@ -284,6 +284,31 @@ def check_per_tensor_norms_with_empty_shards_all_orders():
         assert_bitwise_same_on_all_ranks(per)
 
 
+def check_grad_monitor_reads_back_every_layers_true_norm():
+    # GradMonitor attached to gradfast's AdamW on FSDP2 shards: on its read-back steps
+    # (every 2nd) one more all-reduce (one float per parameter) makes each layer's recorded
+    # norm the true one, the same on every rank; the step itself stays at one collective.
+    import gradfast
+    m = _fsdp_model()  # grads of step 1 already computed
+    opt = gradfast.optim.AdamW(m.parameters(), lr=1e-3, max_grad_norm=0.5)
+    monitor = gradfast.GradMonitor(m, every=2).attach(opt)
+    counts, fulls = [], []
+    for step in range(2):
+        if step:
+            opt.zero_grad()
+            torch.manual_seed(200 + dist.get_rank())
+            m(torch.randn(6, 4)).pow(2).sum().backward()
+        fulls.append(full64(_grads(m)))
+        counts.append(collectives(opt.step)[1])
+    assert counts == [1, 2], counts  # the clipped step's 1, then + the read-back's 1
+    data = monitor.data()
+    norms, totals = data["norms"], data["total"]
+    for i, f in enumerate(fulls[1]):  # the read-back step: every layer's true norm
+        assert_close_norm(float(norms[1][i]), ref_norm([f], 2.0), 1e-5, f"layer {i}")
+    assert_close_norm(float(totals[1]), ref_norm(fulls[1], 2.0), 1e-5, "total")
+    assert_bitwise_same_on_all_ranks(torch.as_tensor(norms[1]))
+
+
 CHECKS = list_checks(globals())
 
 

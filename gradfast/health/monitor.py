@@ -189,7 +189,18 @@ class GradMonitor:
             handle.remove()
 
     def _on_step(self, optimizer, rec) -> None:
-        self.record(rec.total, rec.per_tensor, params=rec.params, max_norm=rec.max_norm,
+        total, per_tensor = rec.total, rec.per_tensor
+        if (self._recorder.pending + 1 == self.every and not torch.compiler.is_compiling()
+                and _any_dtensor(rec.params)):
+            # A read-back step of a sharded model: the hook's norms are this rank's local
+            # shards'. One all-reduce of one float per parameter gives every layer's true
+            # norm (the same on every rank), and the total follows from them.
+            from ..distributed import reduce_per_tensor_norms
+            per_tensor = reduce_per_tensor_norms(per_tensor, [q.grad for q in rec.params],
+                                                 self.norm_type)
+            total = torch.linalg.vector_norm(per_tensor.double(), self.norm_type).to(
+                per_tensor.dtype) if self.norm_type != 0 else per_tensor.sum()
+        self.record(total, per_tensor, params=rec.params, max_norm=rec.max_norm,
                     skipped=rec.skipped)
 
     # ---- recording (device side, no sync) --------------------------------------------------
@@ -308,3 +319,12 @@ class GradMonitor:
         self.flush()
         if self._writer is not None and hasattr(self._writer, "flush"):
             self._writer.flush()
+
+
+def _any_dtensor(params) -> bool:
+    """Whether any parameter is a DTensor (FSDP2, tensor parallel), without importing
+    torch.distributed in single-process runs."""
+    if all(type(q) in (torch.Tensor, torch.nn.Parameter) for q in params):
+        return False
+    from torch.distributed.tensor import DTensor
+    return any(isinstance(q, DTensor) for q in params)

@@ -410,7 +410,14 @@ class FusedOptimizer(torch.optim.Optimizer):
                     threshold=threshold, skipped=None if counter_used else skipped_steps)
                 counter_used = True
         if hooks:
-            params = [p for item in work for p in item.lists.params] + fallback_params
+            if distributed:
+                # The parameters themselves (DTensors), whose local shards the lists hold, in
+                # the lists' order; the norms are the local shards' (GradMonitor reduces them
+                # across ranks on its read-back steps).
+                params = [p for item in work for p in item.group["params"]
+                          if p.grad is not None]
+            else:
+                params = [p for item in work for p in item.lists.params] + fallback_params
             self._call_norm_hooks(monitored, params, grad_scale,
                                   torch.gt(skipped_steps, skipped_before), monitor_max_norm)
 
