@@ -94,3 +94,18 @@ def make_device(request):
     sim = sims[zlib.crc32(request.node.nodeid.encode()) % len(sims)]
     with use(sim.backend):
         yield Device(name, sim)
+
+
+def allocator_aligned(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of t starting on a 512-byte boundary, as the CUDA caching allocator
+    places every allocation. The CUDA kernels peel a scalar head up to an aligned address,
+    so their summation order (and a norm's last bit) depends on the address modulo 128
+    bytes; CPU allocations (cudasim's tensors) are only 64-byte aligned. Tests that compare
+    separately allocated copies bitwise place them with this on cudasim."""
+    elem = t.element_size()
+    storage = torch.empty(t.numel() + 512 // elem, dtype=t.dtype, device=t.device)
+    skip = (-storage.data_ptr() % 512) // elem
+    out = storage[skip:skip + t.numel()].view(t.shape)
+    out.copy_(t)
+    assert out.data_ptr() % 512 == 0
+    return out

@@ -726,7 +726,17 @@ def test_clip_grads_with_norm_from_get_total_norm(device, dtype):
         assert_grads_identical(pg, pt)
         # equivalent to clip_grad_norm_, as torch documents
         pc = build(specs, 6, device)
-        assert_tensors_identical(gradfast.clip_grad_norm_(pc, 0.5, norm_type), total)
+        total_c = gradfast.get_total_norm(grads_of(pc), norm_type)
+        assert_tensors_identical(gradfast.clip_grad_norm_(pc, 0.5, norm_type), total_c)
+        if device.simulated:
+            # pc and pg are other CPU allocations, whose alignment can change the CUDA
+            # kernels' summation order (devices.allocator_aligned): compare on pc's own.
+            pr = build(specs, 6, device)
+            tnu.clip_grads_with_norm_(pr, 0.5, total_c)
+            assert_grads_identical(pc, pr, "clip_grad_norm_ == get_total_norm + "
+                                   "clip_grads_with_norm_")
+            continue
+        assert_tensors_identical(total_c, total)
         assert_grads_identical(pc, pg, "clip_grad_norm_ == get_total_norm + clip_grads_with_norm_")
 
 
