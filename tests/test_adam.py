@@ -34,7 +34,16 @@ SHAPES = [(37,), (5, 7), (), (0,), (1000,), (3, 1, 4)]
 BIG = (70000,)  # more than one 65536-element chunk
 # Around the CUDA kernel's tiles (4096 elements) and chunks; a tensor of several chunks.
 CUDA_SHAPES = [(37,), (5, 7), (), (0,), (4096,), (4097,), (70001,), (3, 1, 4)]
+# cudasim runs the CUDA kernels a fiber per thread: the same shapes, the multi-chunk one
+# shortened to two tiles and a bit (test_cudasim_adam.py runs the kernel at full size).
+SIM_SHAPES = [(37,), (5, 7), (), (0,), (4096,), (4097,), (8193,), (3, 1, 4)]
+SIM_BIG = (8193,)
 DEV = "cuda"  # the CUDA-only tests at the end
+
+
+def gpu_shapes(device):
+    """CUDA_SHAPES, or SIM_SHAPES on the simulator."""
+    return device.small(CUDA_SHAPES, SIM_SHAPES)
 
 
 def make_params(dtype=torch.float32, shapes=SHAPES, seed=0, device=None):
@@ -115,7 +124,8 @@ def build(cls, params, cfg, **extra):
 def test_random_configs_match_torch(device, dtype, seed):
     rng = random.Random(seed * 7 + (dtype == torch.float64))
     cfg = random_config(rng)
-    base = make_params(dtype, shapes=SHAPES + [BIG] if seed == 0 else SHAPES, seed=seed,
+    big = device.small(BIG, SIM_BIG)
+    base = make_params(dtype, shapes=SHAPES + [big] if seed == 0 else SHAPES, seed=seed,
                        device=device)
     ours, fused, loop = clone_params(base), clone_params(base), clone_params(base)
     opt, sch = build(Adam, ours, cfg)
@@ -698,7 +708,7 @@ def test_tensor_and_autoclip_max_grad_norm(device):
 def test_parity_with_torch_fused(device, dtype, cfg):
     cfg = dict(cfg)
     tensor_lr = cfg.pop("tensor_lr", False)
-    base = make_params(dtype, shapes=CUDA_SHAPES, device=device)
+    base = make_params(dtype, shapes=gpu_shapes(device), device=device)
     ours, ref = clone_params(base), clone_params(base)
     lr = torch.tensor(1e-2, device=device.torch) if tensor_lr else 1e-2
     groups = lambda ps: [{"params": ps[:4]}, {"params": ps[4:], "lr": lr, "betas": (0.8, 0.99)}]  # noqa: E731
@@ -714,7 +724,7 @@ def test_parity_with_torch_fused(device, dtype, cfg):
 
 @pytest.mark.parametrize("norm_type", [2.0, math.inf])
 def test_max_grad_norm_matches_clip_then_fused_step(device, norm_type):
-    shapes = [s for s in CUDA_SHAPES if s != (0,)]
+    shapes = [s for s in gpu_shapes(device) if s != (0,)]
     base = make_params(torch.float32, shapes=shapes, seed=3, device=device)
     ours, ref = clone_params(base), clone_params(base)
     opt = AdamW(ours, lr=1e-2, max_grad_norm=0.5, grad_norm_type=norm_type)
@@ -731,7 +741,7 @@ def test_max_grad_norm_matches_clip_then_fused_step(device, norm_type):
 
 
 def test_checkpoint_round_trip_with_torch_fused(device):
-    base = make_params(torch.float32, shapes=CUDA_SHAPES, seed=11, device=device)
+    base = make_params(torch.float32, shapes=gpu_shapes(device), seed=11, device=device)
     gen = torch.Generator().manual_seed(10)
     grads = [random_grads(base, gen) for _ in range(30)]
     ref = clone_params(base)
@@ -775,7 +785,7 @@ def test_misaligned_views_use_the_scalar_path(device):
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_skip_nonfinite_bitwise_unchanged_without_sync(device, bad):
     # The skip decided on the device (the sync debug mode only exists on a GPU).
-    base = make_params(torch.float32, shapes=CUDA_SHAPES, seed=6, device=device)
+    base = make_params(torch.float32, shapes=gpu_shapes(device), seed=6, device=device)
     ours = clone_params(base)
     opt = Adam(ours, lr=1e-2, amsgrad=True, skip_nonfinite=True, max_grad_norm=1.0)
     gen = torch.Generator().manual_seed(5)
