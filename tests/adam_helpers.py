@@ -1,5 +1,5 @@
-"""Builders and comparisons shared by the Adam tests (CPU: test_adam.py, CUDA:
-test_adam_cuda.py): parameters from a seed, identical copies, gradients, and the state
+"""Builders and comparisons shared by the Adam tests (test_adam.py on every device,
+test_adam_plan.py, ...): parameters from a seed, identical copies, gradients, and the state
 comparison of two optimizers run side by side."""
 from __future__ import annotations
 
