@@ -50,9 +50,9 @@ for stage in "${stages[@]}"; do
         echo "sanitizer $1 ($2, $3) rc=$?" | tee -a "$OUT/env.txt"
       }
       if command -v compute-sanitizer > /dev/null; then
-        run_tool memcheck tests/test_health_cuda.py agc
-        run_tool memcheck tests/test_adam_cuda.py "one_launch and (fallback or skip_nonfinite or misaligned)"
-        run_tool synccheck tests/test_adam_cuda.py "one_launch and (fallback or skip_nonfinite or misaligned)"
+        run_tool memcheck tests/test_health_agc.py "agc and cuda and not cudasim"
+        run_tool memcheck tests/test_adam.py "one_launch and (fallback or skip_nonfinite or misaligned)"
+        run_tool synccheck tests/test_adam.py "one_launch and (fallback or skip_nonfinite or misaligned)"
       else
         echo "compute-sanitizer not found" | tee -a "$OUT/env.txt"
       fi

@@ -1,9 +1,11 @@
-"""Builders and comparisons shared by the Adam tests (CPU: test_adam.py, CUDA:
-test_adam_cuda.py): parameters from a seed, identical copies, gradients, and the state
+"""Builders and comparisons shared by the Adam tests (test_adam.py on every device,
+test_adam_plan.py, ...): parameters from a seed, identical copies, gradients, and the state
 comparison of two optimizers run side by side."""
 from __future__ import annotations
 
 import torch
+
+from devices import allocator_aligned
 
 
 def make_params(dtype, shapes, seed=0, device="cpu"):
@@ -17,9 +19,18 @@ def clone_params(ps):
 
 
 def set_grads(param_lists, grads):
+    """A copy of each gradient on each list's parameters. CPU copies start on a 512-byte
+    boundary, as CUDA allocations do: on cudasim the CUDA norm's last bit depends on the
+    address modulo 128 bytes (devices.allocator_aligned), and the tests compare runs
+    bitwise."""
     for params in param_lists:
         for p, g in zip(params, grads):
-            p.grad = None if g is None else g.clone()
+            if g is None:
+                p.grad = None
+            elif g.is_cpu and g.is_contiguous():
+                p.grad = allocator_aligned(g)
+            else:
+                p.grad = g.clone()
 
 
 def random_grads(params, gen, drop=0.0, scale=1.0):

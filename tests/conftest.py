@@ -62,3 +62,14 @@ def sim_devices(cudasim):
     from sim_device import SimDevice
 
     return [SimDevice(cudasim, i) for i in range(cudasim.cuda_device_count())]
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda), "cudasim"])
+def device(request):
+    """The device of a device-generic test (tests/devices.py): cpu, cuda (marked `cuda`,
+    skipped without a GPU) or cudasim (CPU tensors, gradfast's CUDA kernels simulated and
+    reached through its real Python path). Narrow it with
+    `@pytest.mark.parametrize("device", devices.GPU, indirect=True)`."""
+    from devices import make_device
+
+    yield from make_device(request)

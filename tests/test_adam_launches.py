@@ -1,7 +1,7 @@
 """Selection of the opt-in one-launch clip + Adam step (GRADFAST_ADAM_LAUNCHES=1), on the CPU.
 
-The kernel itself is tested on CUDA in test_adam_cuda.py; here only the Python logic that
-decides when it runs, and that the default path never consults it.
+The kernel itself is tested on CUDA in test_adam.py (its one-launch tests); here only the
+Python logic that decides when it runs, and that the default path never consults it.
 """
 import math
 

@@ -84,6 +84,29 @@ def test_channels_last_and_transposed_grads(dtype, norm_type):
         assert a.grad.stride() == b.grad.stride(), "memory order kept"
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+def test_dense_layouts_and_views_on_every_device(device, dtype):
+    # Dense grads in other memory orders are taken natively on every device; a strided
+    # (not dense) one goes to torch and is bitwise torch's.
+    specs = [GradSpec((2, 40, 30, 31), dtype, layout="channels_last"),
+             GradSpec((61, 1111), dtype, layout="transposed"),
+             GradSpec((C + 1,), dtype)]
+    pg, pt = build(specs, 5, device.torch), build(specs, 5, device.torch)
+    assert pg[0].grad.is_contiguous(memory_format=torch.channels_last)
+    gf = gradfast.clip_grad_norm_(pg, 0.5)
+    th = tnu.clip_grad_norm_(pt, 0.5)
+    assert_norm_matches(gf, th, grads_of(build(specs, 5, device.torch)), 2.0)
+    pr = build(specs, 5, device.torch)
+    tnu.clip_grads_with_norm_(pr, 0.5, gf)
+    assert_grads_identical(pg, pr, "scaling by gradfast's total, as torch does it")
+    assert_grads_close_to_torch(pg, pt, gf, th)
+    strided = [GradSpec((2 * C + 3,), dtype, layout="strided"), GradSpec((7,), dtype)]
+    pg, pt = build(strided, 5, device.torch), build(strided, 5, device.torch)
+    assert not pg[0].grad.is_contiguous()
+    assert_tensors_identical(gradfast.clip_grad_norm_(pg, 0.5), tnu.clip_grad_norm_(pt, 0.5))
+    assert_grads_identical(pg, pt)
+
+
 def test_dense_view_with_storage_offset():
     # A contiguous slice in the middle of a bigger buffer: native, and nothing outside it
     # may be touched.
@@ -311,6 +334,20 @@ def test_parameter_listed_twice(dtype):
                 assert_grads_identical(pg, pt)
     finally:
         torch.set_num_threads(old)
+
+
+def test_parameter_listed_twice_on_every_device(device):
+    # The same on the GPU (and its simulation): a repeated parameter counts once per
+    # occurrence in the norm and is scaled once per occurrence.
+    specs = [GradSpec((3 * C,)), GradSpec((11,))]
+    pg, pt = build(specs, 4, device.torch), build(specs, 4, device.torch)
+    gf = gradfast.clip_grad_norm_([pg[0]] * 8 + [pg[1], pg[0]], 1.0)
+    th = tnu.clip_grad_norm_([pt[0]] * 8 + [pt[1], pt[0]], 1.0)
+    orig = build(specs, 4, device.torch)
+    assert_norm_matches(gf, th, [orig[0].grad] * 9 + [orig[1].grad], 2.0)
+    pr = build(specs, 4, device.torch)
+    tnu.clip_grads_with_norm_([pr[0]] * 8 + [pr[1], pr[0]], 1.0, gf)
+    assert_grads_identical(pg, pr)
 
 
 def test_grads_sharing_storage_without_overlap():

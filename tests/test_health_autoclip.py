@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import gradfast
+from devices import GPU, Device
 
 PERCENTILES = [0.0, 10.0, 25.0, 37.5, 50.0, 90.0, 99.9, 100.0]
 
@@ -117,3 +118,42 @@ def test_min_history_uses_initial_max_norm():
     assert clipper.threshold(torch.tensor(100.0)).item() == 1.5
     assert clipper.threshold(torch.tensor(200.0)).item() == 1.5
     assert clipper.threshold(torch.tensor(300.0)).item() == 200.0  # three norms: percentile
+
+
+def _model(device, dtype=torch.float32):
+    """A small MLP with gradients on device."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(),
+                                torch.nn.Linear(64, 8)).to(device.torch, dtype)
+    model(torch.randn(16, 32, device=device.torch, dtype=dtype)).pow(2).sum().backward()
+    return model
+
+
+@pytest.mark.parametrize("device", GPU, indirect=True)
+def test_autoclip_call_no_sync(device):
+    model = _model(device)
+    clipper = gradfast.AutoClip(percentile=10.0, history=16)
+    with device.no_sync():
+        for _ in range(20):
+            total = clipper(model.parameters())
+    assert total.device.type == device.torch
+
+
+cuda_device = Device("cuda")  # the sync check of a torch-only test on a CUDA device
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_autoclip_threshold_no_sync_matches_numpy():
+    clipper = gradfast.AutoClip(percentile=37.5, history=10)
+    norms = torch.rand(25, device="cuda", dtype=torch.float64) * 10
+    norms[7] = float("inf")
+    thresholds = []
+    with cuda_device.no_sync():
+        for i in range(25):
+            thresholds.append(clipper.threshold(norms[i]))
+    host = norms.cpu().numpy()
+    finite = []
+    for i, thr in enumerate(thresholds):
+        if np.isfinite(host[i]):
+            finite.append(host[i])
+        assert thr.item() == np.percentile(finite[-10:], 37.5)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import gradfast
+from devices import GPU
 from gradfast.health.norms import aligned_per_tensor
 
 SHAPES = [(33, 17), (5,), (), (4, 3, 5, 5), (70000,), (0,), (2, 65537)]
@@ -135,3 +136,24 @@ def test_aligned_per_tensor_runs():
     out = aligned_per_tensor(6, [([0, 2, 4], a), ([1, 3], b)], a.device, torch.float32,
                              positions=[0, 1, 2, 3, 5], missing=-1.0)
     assert out.tolist() == [1.0, 10.0, 2.0, 20.0, -1.0, 3.0]
+
+
+def _model(device, dtype=torch.float32):
+    """A small MLP with gradients on device."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(),
+                                torch.nn.Linear(64, 8)).to(device.torch, dtype)
+    model(torch.randn(16, 32, device=device.torch, dtype=dtype)).pow(2).sum().backward()
+    return model
+
+
+@pytest.mark.parametrize("device", GPU, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grad_norms_no_sync(device, dtype):
+    model = _model(device, dtype)
+    params = list(model.parameters())
+    with device.no_sync():
+        total, per = gradfast.grad_norms(params)
+    ref = torch.stack([p.grad.norm() for p in params])
+    torch.testing.assert_close(per, ref, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=0)
+    assert torch.equal(total, gradfast.get_total_norm([p.grad for p in params]))
