@@ -149,8 +149,16 @@ class SGD(FusedOptimizer):
 
     # ---- state -------------------------------------------------------------------------
 
-    def _init_group(self, group, lists: _sgd.SgdLists, grad_copies) -> None:
-        params, grads, bufs, flags = lists
+    def _collect(self, group, grad_copies) -> _sgd.SgdLists:
+        """The group's lists for this step (params with a grad), state created and checked.
+
+        Not named _init_group: torch.compile runs an optimizer's _init_group outside the
+        graph, mapping its arguments back by position, which loses the lists of an SgdLists
+        (the compiled step then saw no parameters)."""
+        params: List[Tensor] = []
+        grads: List[Tensor] = []
+        bufs: List[Tensor] = []
+        flags: List[Tensor] = []
         momentum = group["momentum"] != 0
         checked = self._checked_state
         new_flags: List[Tuple[Tensor, int]] = []
@@ -201,7 +209,8 @@ class SGD(FusedOptimizer):
                 bufs.append(buf)
         if momentum:
             self._make_flags(new_flags)
-            flags.extend(self._gf_first[p] for p in params)
+            flags = [self._gf_first[p] for p in params]
+        return _sgd.SgdLists(params, grads, bufs, flags)
 
     def _make_flags(self, new_flags: List[Tuple[Tensor, int]]) -> None:
         """First-step flags for params that have none: one small copy per device."""
@@ -238,9 +247,8 @@ class SGD(FusedOptimizer):
             if grads is not None:
                 return WorkItem(group, plan.lists_for(grads), [], plan.split, plan.host)
         self._plans.pop(id(group), None)
-        lists = _sgd.SgdLists([], [], [], [])
         copies: List[Tuple[Tensor, Tensor]] = []
-        self._init_group(group, lists, copies)
+        lists = self._collect(group, copies)
         if not lists.params:
             return None
         parts = split(lists.params)
