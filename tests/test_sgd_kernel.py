@@ -1,6 +1,6 @@
-"""The native CPU SGD kernel (_C.cpu_sgd_step, called directly) against torch's for-loop
-SGD (torch.optim.SGD(foreach=False)) over 20+ steps of seeded random configurations, and
-its first-step, skip, clip, unscale and L1 semantics."""
+"""The native CPU SGD kernel (gradfast._native.sgd.sgd_step on the real back end) against
+torch's for-loop SGD (torch.optim.SGD(foreach=False)) over 20+ steps of seeded random
+configurations, and its first-step, skip, clip, unscale and L1 semantics."""
 import math
 import random
 
@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from clip_helpers import FLOAT_DTYPES, LOW_PRECISION, bits, dtype_id
-from gradfast import _C
 from sgd_kernels import cpu_step, make_state
 
 SHAPES = [(), (0,), (7,), (37,), (1000,), (3, 5, 7), (2, 4097)]
@@ -56,7 +55,7 @@ def _gradfast_run(params, grads_per_step, lr, cfg, threads=1):
     for grads in grads_per_step:
         for dst, src in zip(state[1], grads):
             dst.copy_(src)
-        cpu_step(_C, state, cfg, {"lr": lr}, threads=threads)
+        cpu_step(state, cfg, {"lr": lr}, threads=threads)
     return state
 
 
@@ -122,9 +121,9 @@ def test_skipped_step_changes_nothing_and_keeps_first(dtype):
     state = make_state(SHAPES, dtype)
     before = [[t.clone() for t in lst] for lst in state]
     skipped = torch.zeros((), dtype=torch.int64)
-    cpu_step(_C, state, cfg, {"lr": 0.1, "grad_scale": torch.tensor(2.0),
+    cpu_step(state, cfg, {"lr": 0.1, "grad_scale": torch.tensor(2.0),
                               "found_inf": torch.tensor(1.0)}, skipped=skipped)
-    cpu_step(_C, state, cfg, {"lr": 0.1, "total": torch.tensor(math.nan, dtype=dtype),
+    cpu_step(state, cfg, {"lr": 0.1, "total": torch.tensor(math.nan, dtype=dtype),
                               "skip_nonfinite": True}, skipped=skipped)
     for lst, old in zip(state, before):
         for a, b in zip(lst, old):
@@ -132,7 +131,7 @@ def test_skipped_step_changes_nothing_and_keeps_first(dtype):
     assert skipped.item() == 2
     # Now a real first step: buf = grad exactly (no dampening), as torch's first step.
     grads = [g.clone() for g in state[1]]
-    cpu_step(_C, state, cfg, {"lr": 0.1}, skipped=skipped)
+    cpu_step(state, cfg, {"lr": 0.1}, skipped=skipped)
     for b, g in zip(state[2], grads):
         assert torch.equal(bits(b), bits(g))
     assert all(int(f) == 0 for f in state[3]) and skipped.item() == 2
@@ -148,7 +147,7 @@ def test_clip_is_torchs_clip_grad_norm_then_sgd(dtype):
     total = torch.nn.utils.clip_grad_norm_(ref, 0.05, foreach=False)
     torch.optim.SGD(ref, lr=0.1, foreach=False, **cfg).step()
     assert total.dtype == dtype
-    cpu_step(_C, state, cfg, {"lr": 0.1, "total": total, "clip": True, "max_norm": 0.05})
+    cpu_step(state, cfg, {"lr": 0.1, "total": total, "clip": True, "max_norm": 0.05})
     for p, r in zip(state[0], ref):
         if dtype in LOW_PRECISION:  # torch rounds the intermediates to the dtype
             torch.testing.assert_close(p, r.detach(), rtol=2e-2, atol=1e-2)
@@ -160,12 +159,12 @@ def test_clip_threshold_tensor_and_lr_tensor():
     cfg = dict(momentum=0.5, dampening=0.0, nesterov=False, weight_decay=0.0, maximize=True)
     a, b = make_state(SHAPES, torch.float32, seed=9), make_state(SHAPES, torch.float32, seed=9)
     total = torch.tensor(4.0)
-    cpu_step(_C, a, cfg, {"lr": 0.0, "lr_t": torch.tensor(0.1, dtype=torch.float64),
+    cpu_step(a, cfg, {"lr": 0.0, "lr_t": torch.tensor(0.1, dtype=torch.float64),
                           "total": total, "clip": True, "max_norm_t": torch.tensor(2.0)})
     coef = torch.clamp(torch.tensor(2.0) / (total + 1e-6), max=1.0)
     for g in b[1]:
         g.mul_(coef)
-    cpu_step(_C, b, cfg, {"lr": 0.1})
+    cpu_step(b, cfg, {"lr": 0.1})
     for x, y in zip(a[0] + a[2], b[0] + b[2]):
         assert torch.equal(bits(x), bits(y))
 
@@ -176,9 +175,9 @@ def test_unscale_divides_and_stores_the_unscaled_grad(dtype):
     a, b = make_state(SHAPES, dtype, seed=10), make_state(SHAPES, dtype, seed=10)
     for g in a[1]:
         g.mul_(1024.0)
-    cpu_step(_C, a, cfg, {"lr": 0.1, "grad_scale": torch.tensor(1024.0),
+    cpu_step(a, cfg, {"lr": 0.1, "grad_scale": torch.tensor(1024.0),
                           "found_inf": torch.tensor(0.0)})
-    cpu_step(_C, b, cfg, {"lr": 0.1})
+    cpu_step(b, cfg, {"lr": 0.1})
     for x, y in zip(a[0] + a[1] + a[2], b[0] + b[1] + b[2]):
         assert torch.equal(bits(x), bits(y))
 
@@ -193,7 +192,7 @@ def test_l1_adds_sign_of_p_before_the_momentum():
             g.fill_(0.25)
         for g, p in zip(b[1], b[0]):
             g.add_(1e-2 * torch.sign(p))
-        cpu_step(_C, a, dict(cfg, l1=1e-2), {"lr": 0.1})
-        cpu_step(_C, b, cfg, {"lr": 0.1})
+        cpu_step(a, dict(cfg, l1=1e-2), {"lr": 0.1})
+        cpu_step(b, cfg, {"lr": 0.1})
     for x, y in zip(a[0] + a[2], b[0] + b[2]):
         assert torch.equal(bits(x), bits(y))
