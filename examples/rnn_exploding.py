@@ -1,4 +1,4 @@
-"""Exploding gradients in recurrent networks, and four ways of training through them.
+"""Exploding gradients in recurrent networks, and five ways of training through them.
 
 A vanilla RNN and an LSTM learn the adding problem (Hochreiter & Schmidhuber 1997) with
 sequences of T = 200 steps: each step is a (value, marker) pair, values uniform in [0, 1],
@@ -22,6 +22,9 @@ Each model is trained with Adam (lr 1e-3 for the RNN, 1e-2 for the LSTM) and:
     fixed     clip the global norm at 1.0 (gradfast.clip_grads_with_norm_)
     autoclip  gradfast.AutoClip(percentile=10, min_history=10, initial_max_norm=1.0)
     agc       gradfast.adaptive_clip_grad_(params, clip_factor=0.05): unit-wise AGC
+    sgd       no Adam: SGD with momentum 0.9 and the global norm clipped at 1.0, the
+              recipe of Pascanu et al. 2013 (gradfast.optim.SGD(momentum=0.9,
+              max_grad_norm=1.0), lr 0.05 for the RNN, 0.1 for the LSTM)
 and watched by gradfast.GradMonitor: with fixed and AutoClip clipping inside
 gradfast.optim.Adam, the optimizer's one norm pass feeds the monitor (monitor.attach(opt));
 otherwise the monitor's norm pass is reused by the clipping.
@@ -47,7 +50,7 @@ from torch import nn
 
 import gradfast
 
-METHODS = ["none", "fixed", "autoclip", "agc"]
+METHODS = ["none", "fixed", "autoclip", "agc", "sgd"]
 CELLS = ["rnn", "lstm"]
 
 
@@ -110,7 +113,7 @@ class Trainer:
     norm and whether anything was clipped, as tensors: the loop never waits on a value."""
 
     def __init__(self, method: str, params: List[torch.Tensor], lr: float, fused_adam,
-                 monitor: gradfast.GradMonitor, args) -> None:
+                 monitor: gradfast.GradMonitor, args, cell: str = "rnn") -> None:
         self.method, self.params, self.monitor = method, params, monitor
         self.max_norm, self.clip_factor = args.max_norm, args.clip_factor
         self.autoclip = None
@@ -118,7 +121,16 @@ class Trainer:
             self.autoclip = gradfast.AutoClip(percentile=args.percentile, min_history=10,
                                               initial_max_norm=args.max_norm)
         self.clip_in_optimizer = fused_adam is not None and method in ("fixed", "autoclip")
-        if fused_adam is not None:
+        fused_sgd = getattr(getattr(gradfast, "optim", None), "SGD", None)
+        if method == "sgd":
+            self.clip_in_optimizer = fused_sgd is not None
+            if fused_sgd is not None:
+                self.opt = fused_sgd(params, lr=args.sgd_lr[cell], momentum=0.9,
+                                     max_grad_norm=self.max_norm)
+                monitor.attach(self.opt)
+            else:
+                self.opt = torch.optim.SGD(params, lr=args.sgd_lr[cell], momentum=0.9)
+        elif fused_adam is not None:
             limit = {"fixed": self.max_norm, "autoclip": self.autoclip}.get(method)
             self.opt = fused_adam(params, lr=lr, max_grad_norm=limit)
             if self.clip_in_optimizer:
@@ -132,11 +144,11 @@ class Trainer:
         if self.clip_in_optimizer:
             self.opt.step()  # one norm pass: clipping (AutoClip.threshold) and the monitor
             total = self.opt.grad_norm
-            limit = self.max_norm if method == "fixed" else self.autoclip.last_threshold
+            limit = self.autoclip.last_threshold if method == "autoclip" else self.max_norm
             return total, total > limit
         total, _ = self.monitor.step()  # recorded before any clipping changes the grads
         clipped = torch.zeros((), dtype=torch.bool)
-        if method == "fixed":
+        if method in ("fixed", "sgd"):
             gradfast.clip_grads_with_norm_(params, self.max_norm, total)
             clipped = total > self.max_norm
         elif method == "autoclip":
@@ -160,7 +172,7 @@ def run(cell: str, method: str, args, fused_adam, layers_plot=None) -> Dict:
         lr = args.lstm_lr
     params = list(model.parameters())
     monitor = gradfast.GradMonitor(model, every=50, warn=False)
-    trainer = Trainer(method, params, lr, fused_adam, monitor, args)
+    trainer = Trainer(method, params, lr, fused_adam, monitor, args, cell)
     test_x, test_y = adding_batch(1000, args.length, torch.Generator().manual_seed(1234))
     losses, norms, clips = [], [], []
     start = time.perf_counter()
@@ -222,7 +234,7 @@ def plot(results: List[Dict], path: str, args) -> None:
     import matplotlib.pyplot as plt
 
     colors = {"none": "tab:red", "fixed": "tab:blue", "autoclip": "tab:green",
-              "agc": "tab:purple"}
+              "agc": "tab:purple", "sgd": "tab:orange"}
     cells = [c for c in CELLS if any(r["cell"] == c for r in results)]
     fig, axes = plt.subplots(2, len(cells), figsize=(6 * len(cells), 7.5), sharex=True,
                              squeeze=False)
@@ -238,7 +250,8 @@ def plot(results: List[Dict], path: str, args) -> None:
                               label=r["method"])
         axes[0, col].axhline(1 / 6, color="gray", ls="--", lw=1, label="input ignored (1/6)")
         lr = args.rnn_lr if cell == "rnn" else args.lstm_lr
-        axes[0, col].set_title(f"{cell.upper()}, adding problem T={args.length}, Adam lr={lr:g}")
+        axes[0, col].set_title(f"{cell.upper()}, adding problem T={args.length}, Adam lr={lr:g} "
+                               f"(sgd: SGD lr={args.sgd_lr[cell]:g}, momentum 0.9)")
         axes[0, col].set_ylabel(f"training MSE (running mean of {k} steps)")
         axes[0, col].set_yscale("log")
         axes[0, col].legend(fontsize=8, loc="upper right")
@@ -249,7 +262,7 @@ def plot(results: List[Dict], path: str, args) -> None:
         for ax in axes[:, col]:
             ax.grid(True, alpha=0.3)
     fig.suptitle("Exploding gradients: no clipping vs fixed clip (1.0) vs AutoClip (10th "
-                 "percentile) vs AGC (0.05)")
+                 "percentile) vs AGC (0.05) vs clipped SGD with momentum")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -274,6 +287,8 @@ def main(argv=None) -> List[Dict]:
     parser.add_argument("--lstm-gain", type=float, default=3.0)
     parser.add_argument("--forget-bias", type=float, default=3.0)
     parser.add_argument("--lstm-lr", type=float, default=1e-2)
+    parser.add_argument("--rnn-sgd-lr", type=float, default=0.05)
+    parser.add_argument("--lstm-sgd-lr", type=float, default=0.1)
     parser.add_argument("--max-norm", type=float, default=1.0)
     parser.add_argument("--percentile", type=float, default=10.0)
     parser.add_argument("--clip-factor", type=float, default=0.05)
@@ -287,6 +302,7 @@ def main(argv=None) -> List[Dict]:
                         help="PNG of the LSTM's per-parameter norms without clipping "
                              "(default: next to this file; none in --short mode)")
     args = parser.parse_args(argv)
+    args.sgd_lr = {"rnn": args.rnn_sgd_lr, "lstm": args.lstm_sgd_lr}
     if args.steps is None:
         args.steps = 30 if args.short else 1000
     if args.batch is None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gradfast._native import adam as native_adam
+from gradfast._native import sgd as native_sgd
 from gradfast._native.backend import use
 from gradfast._native.norm_kind import L1, L2
 from gradfast._native.op import DEFINED
@@ -55,7 +56,26 @@ def _agc_samples():
         yield "group_agc_", (params, grads, [6, 5], L2, 2.0, 0.02, 1e-3)
 
 
-SAMPLES = list(_norm_samples()) + list(_adam_samples()) + list(_agc_samples())
+def _sgd_samples():
+    g = torch.Generator().manual_seed(2)
+    for dtype in (torch.float32, torch.bfloat16):
+        for momentum in (0.0, 0.9):
+            shapes = [(9,), (2, 3)]
+            params = [torch.randn(s, generator=g).to(dtype) for s in shapes]
+            grads = [torch.randn(s, generator=g).to(dtype) for s in shapes]
+            bufs = [torch.zeros(s, dtype=dtype) for s in shapes] if momentum else []
+            flags = [torch.ones((), dtype=torch.int32) for _ in shapes] if momentum else []
+            skipped = [torch.zeros((), dtype=torch.int64)]
+            hyper = native_sgd.SgdHyper(momentum, 0.1 if momentum else 0.0, 0.01, 1e-3, False,
+                                        True)
+            step = StepArgs(1e-2, None, None, None, torch.tensor(3.0, dtype=dtype), True, 1.0,
+                            None, True)
+            yield "sgd_step_", (params, grads, bufs, flags, skipped, [float(x) for x in hyper],
+                                step.tensors(), step.scalars(), step.switches())
+
+
+SAMPLES = (list(_norm_samples()) + list(_adam_samples()) + list(_agc_samples())
+           + list(_sgd_samples()))
 
 
 @pytest.fixture(params=["cpu", "cudasim"])

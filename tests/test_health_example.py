@@ -22,8 +22,8 @@ def test_rnn_example_short_mode(tmp_path):
     out = proc.stdout
     assert "optimizer:" in out
     rows = [line for line in out.splitlines() if line.startswith("| RNN") or line.startswith("| LSTM")]
-    assert len(rows) == 8, out
-    for method in ("none", "fixed", "autoclip", "agc"):
+    assert len(rows) == 10, out
+    for method in ("none", "fixed", "autoclip", "agc", "sgd"):
         assert sum(f"| {method} |" in r for r in rows) == 2
     try:
         import matplotlib  # noqa: F401

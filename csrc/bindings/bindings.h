@@ -10,6 +10,7 @@ void bind_step(pybind11::module_& m);
 void bind_cpu(pybind11::module_& m);
 void bind_cuda(pybind11::module_& m);
 void bind_adam(pybind11::module_& m);
+void bind_sgd(pybind11::module_& m);
 void bind_health(pybind11::module_& m);
 
 }  // namespace gradfast::bindings

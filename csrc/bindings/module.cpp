@@ -10,5 +10,6 @@ PYBIND11_MODULE(_C, m) {
   gradfast::bindings::bind_cpu(m);
   gradfast::bindings::bind_cuda(m);
   gradfast::bindings::bind_adam(m);
+  gradfast::bindings::bind_sgd(m);
   gradfast::bindings::bind_health(m);
 }

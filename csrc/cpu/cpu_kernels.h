@@ -8,6 +8,7 @@
 #include "../gradfast/adam_math.h"
 #include "../gradfast/dtype.h"
 #include "../gradfast/norm_math.h"
+#include "sgd_range.h"
 
 namespace gradfast::cpu {
 
@@ -33,6 +34,9 @@ struct CpuKernels {
   void (*clamp_range)(void* x, int64_t n, DType dt, double lo, double hi);
   // One pass of the fused Adam step over a range (adam_math.h's adam_element per element).
   void (*adam_range)(const AdamRange& r, DType dt, const AdamFlags& f, const AdamScalars& s);
+  // One pass of the fused SGD step over a range (sgd_math.h's sgd_element per element).
+  void (*sgd_range)(const SgdRange& r, DType dt, const SgdFlags& f, const SgdScalars& s,
+                    bool first);
 };
 
 const CpuKernels& kernels_generic();

@@ -8,6 +8,7 @@
 #include "../gradfast/norm_math.h"
 #include "cpu_kernels.h"
 #include "isa_adam_impl.h"
+#include "isa_sgd_impl.h"
 
 namespace gradfast::cpu::GF_ISA_NS {
 
@@ -62,7 +63,8 @@ void clamp_range(void* x, int64_t n, DType dt, double lo, double hi) {
 }
 
 const CpuKernels& table() {
-  static const CpuKernels k{GF_ISA_NAME, &norm_range, &scale_range, &clamp_range, &adam_range};
+  static const CpuKernels k{GF_ISA_NAME, &norm_range, &scale_range, &clamp_range, &adam_range,
+                              &sgd_range};
   return k;
 }
 

@@ -62,7 +62,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="advanced: comma-separated workloads instead of the default set ("
                         + ", ".join(workloads.WORKLOADS) + ")")
     p.add_argument("--pipelines", default=None,
-                   help="advanced: comma-separated pipelines or families (clip, adam, adamw, "
+                   help="advanced: comma-separated pipelines or families (clip, adam, adamw, sgd, "
                         "adam/fused, ...); default all")
     p.add_argument("--no-flush", action="store_true",
                    help="advanced: do not flush the caches between repeats")

@@ -7,6 +7,8 @@ thing from the same inputs:
   adam/<v>      gradfast.optim.Adam(max_grad_norm=1.0).step()
                   vs  torch clip_grad_norm_(params, 1.0) + torch.optim.Adam(<v>).step()
   adamw/<v>     likewise with AdamW (weight_decay=1e-2, torch's default)
+  sgd/<v>       gradfast.optim.SGD(momentum=0.9, max_grad_norm=1.0).step()
+                  vs  torch clip_grad_norm_(params, 1.0) + torch.optim.SGD(momentum=0.9, <v>)
 
 where <v> is torch's default implementation (for-loop on CPU, foreach on CUDA), foreach=True
 or fused=True. gradfast's Adam clips the update with the global norm without writing the
@@ -24,6 +26,7 @@ from . import checks
 
 MAX_NORM = 1.0
 LR = 1e-3
+MOMENTUM = 0.9  # the sgd pipelines' (SGD with momentum: the RNN recipe)
 
 VARIANTS = {
     "default": {},
@@ -33,13 +36,14 @@ VARIANTS = {
 
 
 def gradfast_optimizers() -> Tuple[Optional[Dict[str, type]], Optional[str]]:
-    """({'adam': Adam, 'adamw': AdamW}, None), or (None, why they cannot be used)."""
+    """({'adam': Adam, 'adamw': AdamW, 'sgd': SGD}, None), or (None, why they cannot be
+    used)."""
     try:
-        from gradfast.optim import Adam, AdamW  # noqa: F401
+        from gradfast.optim import SGD, Adam, AdamW  # noqa: F401
     except ImportError as exc:
-        return None, (f"gradfast.optim.Adam/AdamW are not importable in this build yet "
+        return None, (f"gradfast.optim.Adam/AdamW/SGD are not importable in this build yet "
                       f"({type(exc).__name__})")
-    return {"adam": Adam, "adamw": AdamW}, None
+    return {"adam": Adam, "adamw": AdamW, "sgd": SGD}, None
 
 
 def torch_default_impl(family: str, params: Sequence[torch.Tensor]) -> str:
@@ -121,15 +125,16 @@ class Pipeline:
             optimizers, why = gradfast_optimizers()
             if optimizers is None:
                 raise RuntimeError(why)
-            opt = optimizers[self.family](params, lr=LR, max_grad_norm=MAX_NORM)
+            extra = {"momentum": MOMENTUM} if self.family == "sgd" else {}
+            opt = optimizers[self.family](params, lr=LR, max_grad_norm=MAX_NORM, **extra)
             s.optimizer = opt
 
             def step() -> None:
                 opt.step()
                 s.last_norm = getattr(opt, "grad_norm", None)
         else:
-            cls = torch.optim.Adam if self.family == "adam" else torch.optim.AdamW
-            opt = cls(params, lr=LR, **VARIANTS[self.variant])
+            cls, extra = _TORCH_CLASSES[self.family]
+            opt = cls(params, lr=LR, **extra, **VARIANTS[self.variant])
             s.optimizer = opt
             torch_clip = torch.nn.utils.clip_grad_norm_
 
@@ -162,6 +167,8 @@ class Pipeline:
                 c.add(a.grad, b.grad, g0.to(torch.float64) * coef64)
             result.comparisons.append(c)
             return result
+        if self.family == "sgd":
+            return self._check_sgd(gf, tv, dtype, coef64, result)
         cp = checks.Comparison("params", dtype, atol=checks.TOLERANCES[dtype]["atol_lr"] * LR)
         cm = checks.Comparison("exp_avg", dtype)
         cv = checks.Comparison("exp_avg_sq", dtype)
@@ -187,6 +194,35 @@ class Pipeline:
         result.comparisons += [cp, cm, cv]
         return result
 
+    @staticmethod
+    def _check_sgd(gf: Side, tv: Side, dtype: torch.dtype, coef64: torch.Tensor,
+                   result: checks.CheckResult) -> checks.CheckResult:
+        """Params and momentum buffers against torch's for-loop SGD in float64 on the clipped
+        gradients (its first step: buf = grad)."""
+        cp = checks.Comparison("params", dtype, atol=checks.TOLERANCES[dtype]["atol_lr"] * LR)
+        cb = checks.Comparison("momentum_buffer", dtype)
+        for a, b, p0, g0 in zip(gf.params, tv.params, gf.params0, gf.grads0):
+            try:
+                buf_a = gf.optimizer.state[a]["momentum_buffer"]
+            except (KeyError, TypeError) as exc:
+                result.error = (f"gradfast's optimizer state has no momentum_buffer per "
+                                f"parameter as torch's ({exc!r})")
+                return result
+            ref = torch.nn.Parameter(p0.to(torch.float64))
+            ref.grad = g0.to(torch.float64) * coef64
+            opt = torch.optim.SGD([ref], lr=LR, momentum=MOMENTUM, foreach=False)
+            opt.step()
+            cp.add(a, b, ref)
+            cb.add(buf_a, tv.optimizer.state[b]["momentum_buffer"],
+                   opt.state[ref]["momentum_buffer"])
+            del ref, opt
+        result.comparisons += [cp, cb]
+        return result
+
+
+_TORCH_CLASSES = {"adam": (torch.optim.Adam, {}), "adamw": (torch.optim.AdamW, {}),
+                  "sgd": (torch.optim.SGD, {"momentum": MOMENTUM})}
+
 
 def _all() -> List[Pipeline]:
     out = [Pipeline("clip", "clip", "", "clip_grad_norm_", "torch.nn.utils.clip_grad_norm_",
@@ -201,6 +237,13 @@ def _all() -> List[Pipeline]:
                 label=f"clip+{cls} vs {cls}({kw.split('=')[0]})",
                 torch_desc=f"torch clip_grad_norm_ + torch.optim.{cls}({kw})",
                 gf_bytes="fused_clip_adam", torch_bytes=torch_bytes))
+    for variant, kw in (("default", ""), ("foreach", ", foreach=True"), ("fused", ", fused=True")):
+        out.append(Pipeline(
+            key=f"sgd/{variant}", family="sgd", variant=variant,
+            label=f"clip+SGD vs SGD({kw[2:].split('=')[0]})",
+            torch_desc=f"torch clip_grad_norm_ + torch.optim.SGD(momentum={MOMENTUM}{kw})",
+            gf_bytes="fused_clip_sgd",
+            torch_bytes="clip+fused_sgd" if variant == "fused" else "clip+foreach_sgd"))
     return out
 
 
@@ -216,7 +259,7 @@ def select(names: Optional[Sequence[str]] = None) -> List[Pipeline]:
         matches = [p for p in PIPELINES.values() if name in (p.key, p.family)]
         if not matches:
             raise ValueError(f"unknown pipeline {name!r}; known: {sorted(PIPELINES)} "
-                             f"or a family: clip, adam, adamw")
+                             f"or a family: clip, adam, adamw, sgd")
         chosen += [m for m in matches if m not in chosen]
     return chosen
 

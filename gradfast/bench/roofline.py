@@ -16,7 +16,13 @@ Bytes per fp32 element (halved for bf16/fp16 data and state, doubled for fp64):
                                          _foreach_addcmul_ v (12), sqrt (8), div_ (8), add_ (8),
                                          addcdiv_ p (16)
   torch clip + AdamW(foreach)        92  as Adam, plus the decoupled decay p *= 1 - lr*wd (8)
-The default (for-loop) Adam moves at least as much as the foreach one; the model uses 84/92.
+  gradfast clip + SGD(momentum)      24  read grads for the norm (4); one pass: read grad,
+                                         param, momentum_buffer (12), write param, buffer (8)
+  torch clip + SGD(fused=True)       32  clip (12) + fused step (20)
+  torch clip + SGD(foreach)          44  clip (12) + _foreach_mul_ buf (8), _foreach_add_ buf
+                                         (12), _foreach_add_ p (12)
+The default (for-loop) Adam moves at least as much as the foreach one; the model uses 84/92
+(and 44 for the for-loop SGD).
 These are the bytes a pipeline needs, not cache-line traffic. A figure over 100% of the copy
 bandwidth is possible: a CPU copy also reads its destination into the cache before writing
 it (write-allocate), which a read-mostly step (the norm pass) or an in-place update does not
@@ -37,6 +43,9 @@ BYTES_PER_FP32_ELEM: Dict[str, float] = {
     "clip+fused_adam": 40.0,
     "clip+foreach_adam": 84.0,
     "clip+foreach_adamw": 92.0,
+    "fused_clip_sgd": 24.0,
+    "clip+fused_sgd": 32.0,
+    "clip+foreach_sgd": 44.0,
 }
 
 

@@ -98,3 +98,21 @@ def check_fused_flags(name: str, fused, foreach, differentiable) -> None:
             f"gradfast.optim.{name} does not support differentiable=True (its step is a "
             f"fused kernel that autograd cannot differentiate through); use "
             f"torch.optim.{name} for a differentiable optimizer")
+
+
+def check_sgd_args(lr, momentum, weight_decay) -> None:
+    """torch.optim.SGD's checks before its defaults, in torch's order."""
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if lr < 0.0:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if momentum < 0.0:
+        raise ValueError(f"Invalid momentum value: {momentum}")
+    if weight_decay < 0.0:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
+
+def check_sgd_nesterov(nesterov, momentum, dampening) -> None:
+    """torch.optim.SGD's last check, after its defaults and before its base __init__."""
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
