@@ -1,0 +1,214 @@
+"""The study's outputs: per-(task, model, method) statistics, the Markdown table, the paired
+comparisons against the tuned threshold, the PNG, and the JSON of every run."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Dict, List, Optional, Tuple
+
+from .methods import label
+from .plan import group_key, scored_error
+from .stats import mean, paired_ratio, std, t_interval, wilson
+from .tasks import make_task
+
+MODEL_NAMES = {"rnn": "RNN", "lstm": "LSTM"}
+
+
+def _groups(runs: List[dict]) -> Dict[Tuple[str, str], Dict[str, List[dict]]]:
+    """(task, model) -> method label -> runs sorted by seed, in the order first seen."""
+    out: Dict[Tuple[str, str], Dict[str, List[dict]]] = {}
+    for r in runs:
+        c = r["config"]
+        out.setdefault(group_key(c), {}).setdefault(label(c["method"]), []).append(r)
+    for per in out.values():
+        for lst in per.values():
+            lst.sort(key=lambda r: r["config"]["seed"])
+    return out
+
+
+def summarise(runs: List[dict], tuned: dict) -> List[dict]:
+    rows = []
+    for g, per in _groups(runs).items():
+        task = make_task(json.loads(g[0]))
+        for name, lst in per.items():
+            res = [r["result"] for r in lst]
+            err = [scored_error(x, "test_error") for x in res]
+            acc = [x["test_accuracy"] if x["test_accuracy"] == x["test_accuracy"] else 0.0
+                   for x in res]
+            k = sum(x["diverged"] for x in res)
+            wall = [x["wall_time_s"] for x in res]
+            method = lst[0]["config"]["method"]
+            rows.append({
+                "task": task.label, "model": MODEL_NAMES[g[1]], "method": name,
+                "spec": method, "n": len(res),
+                "tuned": method["kind"] == "fixed" and tuned.get(g, {}).get("max_norm")
+                == method["max_norm"],
+                "val_error_mean": mean([scored_error(x, "val_error") for x in res]),
+                "error_mean": mean(err), "error_std": std(err), "error_ci": t_interval(err),
+                "accuracy_mean": mean(acc), "accuracy_std": std(acc),
+                "accuracy_ci": t_interval(acc),
+                "diverged": k, "diverged_ci": wilson(k, len(res)),
+                "wall_mean": mean(wall), "wall_std": std(wall),
+                "chance_error": task.chance,
+            })
+    return rows
+
+
+def _pick(per: Dict[str, List[dict]], kind: str) -> Optional[str]:
+    """The method label of `kind` with the lowest mean validation error."""
+    names = [n for n, lst in per.items() if lst[0]["config"]["method"]["kind"] == kind]
+    if not names:
+        return None
+    val = {n: mean([scored_error(r["result"], "val_error") for r in per[n]]) for n in names}
+    return min(names, key=lambda n: val[n])
+
+
+def comparisons(runs: List[dict], tuned: dict) -> List[dict]:
+    """Per (task, model): each method's test error over the tuned threshold's, paired by
+    seed (geometric mean of the per-seed ratios, 95% interval)."""
+    out = []
+    for g, per in _groups(runs).items():
+        if g not in tuned:
+            continue
+        ref = f"fixed {tuned[g]['max_norm']:g}"
+        best_agc = _pick(per, "agc")
+        task = make_task(json.loads(g[0]))
+        ref_err = {r["config"]["seed"]: scored_error(r["result"], "test_error")
+                   for r in per[ref]}
+        for name, lst in per.items():
+            kind = lst[0]["config"]["method"]["kind"]
+            if name == ref or (kind == "fixed") or (kind == "agc" and name != best_agc):
+                continue
+            pairs = [(scored_error(r["result"], "test_error"), ref_err[r["config"]["seed"]])
+                     for r in lst if r["config"]["seed"] in ref_err]
+            ratio = paired_ratio([a for a, _ in pairs], [b for _, b in pairs])
+            out.append({"task": task.label, "model": MODEL_NAMES[g[1]], "method": name,
+                        "reference": ref, "n_pairs": len(pairs),
+                        "ratio": None if ratio is None else ratio[0],
+                        "ratio_ci": None if ratio is None else ratio[1:]})
+    return out
+
+
+def _f(x: float) -> str:
+    return "nan" if x != x else f"{x:.3g}"
+
+
+def _ci(ci, low: float = 0.0) -> str:
+    """An interval, clamped to the possible range (errors are >= 0)."""
+    return f"[{_f(max(ci[0], low))}, {_f(ci[1])}]"
+
+
+def markdown(rows: List[dict], comps: List[dict], meta: dict) -> str:
+    lines = [f"# Clipping study ({meta['mode']} mode)", "",
+             f"commit `{meta['commit']}`{' (with uncommitted changes)' if meta['dirty'] else ''}, "
+             f"{meta['date']}; {meta['machine']['description']}; torch {meta['torch']}; "
+             f"{meta['runs']} runs, {meta['seeds']} seeds each, study wall time "
+             f"{meta['study_wall_s'] / 60:.1f} min on {meta['jobs']} processes "
+             f"(load average {meta['load_before']} before, {meta['load_after']} after).", "",
+             f"Steps {meta['sizes']['steps']}, batch {meta['sizes']['batch']}, hidden "
+             f"{meta['sizes']['hidden']}, {meta['sizes']['eval_size']} validation and "
+             f"{meta['sizes']['eval_size']} test sequences. SGD: {meta['sgd_implementation']}.",
+             "", "Test error: MSE of the final sum (adding), cross-entropy per output symbol "
+             "in nats (copy); a diverged run (non-finite, or final error above 0.9 x chance) "
+             "is scored at the chance error. Accuracy: |error| < 0.04 (adding), per-symbol "
+             "(copy). Intervals: 95%, Student t for means (clamped to the possible range), "
+             "Wilson for the divergence rate. "
+             "★: the fixed threshold with the lowest mean validation error (the tuned one).",
+             ""]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        chance = next(r["chance_error"] for r in rows if r["task"] == task)
+        lines += [f"## {task} (chance error {chance:.3g})", "",
+                  "| model | method | test error mean ± std | 95% CI | accuracy mean ± std "
+                  "| 95% CI | diverged | 95% CI | wall s/run |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in (r for r in rows if r["task"] == task):
+            star = " ★" if r["tuned"] else ""
+            lines.append(
+                f"| {r['model']} | {r['method']}{star} | {_f(r['error_mean'])} ± "
+                f"{_f(r['error_std'])} | {_ci(r['error_ci'])} | "
+                f"{100 * r['accuracy_mean']:.1f}% ± {100 * r['accuracy_std']:.1f} | "
+                f"[{100 * max(r['accuracy_ci'][0], 0.0):.1f}, "
+                f"{100 * min(r['accuracy_ci'][1], 1.0):.1f}] | "
+                f"{r['diverged']}/{r['n']} | [{r['diverged_ci'][0]:.2f}, "
+                f"{r['diverged_ci'][1]:.2f}] | {r['wall_mean']:.1f} ± {r['wall_std']:.1f} |")
+        lines.append("")
+    lines += ["## Test error relative to the tuned threshold (paired by seed)", "",
+              "Geometric mean over seeds of (method's test error) / (tuned fixed threshold's "
+              "test error, same seed), with its 95% interval; < 1: better than the tuned "
+              "threshold. AGC: the clip factor with the lowest validation error.", "",
+              "| task | model | method | vs | ratio | 95% CI |", "|---|---|---|---|---:|---:|"]
+    for c in comps:
+        ratio = "n/a" if c["ratio"] is None else f"{c['ratio']:.2f}"
+        ci = "n/a" if c["ratio_ci"] is None else f"[{c['ratio_ci'][0]:.2f}, {c['ratio_ci'][1]:.2f}]"
+        lines.append(f"| {c['task']} | {c['model']} | {c['method']} | {c['reference']} | "
+                     f"{ratio} | {ci} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: List[dict], tuned: dict, path: str) -> bool:
+    """One panel per task: every run's test error (log scale) per method, RNN and LSTM side
+    by side, with the median marked. False when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    groups = _groups(runs)
+    tasks = list(dict.fromkeys(g[0] for g in groups))
+    methods = list(dict.fromkeys(n for per in groups.values() for n in per))
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(max(10, 0.85 * len(methods)),
+                                                     3.6 * len(tasks)), squeeze=False)
+    colors = {"rnn": "tab:blue", "lstm": "tab:orange"}
+    for ax, tkey in zip(axes[:, 0], tasks):
+        task = make_task(json.loads(tkey))
+        for m_i, name in enumerate(methods):
+            for offset, cell in ((-0.18, "rnn"), (0.18, "lstm")):
+                lst = groups.get((tkey, cell), {}).get(name, [])
+                errs = [scored_error(r["result"], "test_error") for r in lst]
+                if not errs:
+                    continue
+                xs = [m_i + offset + 0.04 * (j - (len(errs) - 1) / 2) for j in range(len(errs))]
+                div = [r["result"]["diverged"] for r in lst]
+                ax.scatter(xs, errs, s=14, color=colors[cell],
+                           marker="o", alpha=0.8, label=MODEL_NAMES[cell] if m_i == 0 else None)
+                ax.scatter([x for x, d in zip(xs, div) if d], [e for e, d in zip(errs, div) if d],
+                           s=40, facecolors="none", edgecolors="red", lw=0.8)
+                med = sorted(errs)[len(errs) // 2]
+                ax.plot([m_i + offset - 0.12, m_i + offset + 0.12], [med, med],
+                        color=colors[cell], lw=2)
+        ax.axhline(task.chance, color="gray", ls="--", lw=1, label="chance (input ignored)")
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(methods)))
+        ticks = []
+        for name in methods:
+            tuned_here = [f"fixed {tuned[g]['max_norm']:g}" for g in tuned if g[0] == tkey]
+            ticks.append(name + (" ★" if name in tuned_here else ""))
+        ax.set_xticklabels(ticks, rotation=35, ha="right", fontsize=7)
+        ax.set_ylabel("final test error")
+        ax.set_title(f"{task.label}: test error per run (bar: median; red ring: diverged; "
+                     f"★: tuned on validation)", fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
+def as_json(runs: List[dict], rows: List[dict], comps: List[dict], tuned: dict,
+            meta: dict) -> dict:
+    return {"meta": meta,
+            "tuned_thresholds": [{"task": json.loads(g[0]), "model": g[1], **v,
+                                  "val_error_by_threshold": {str(k): x for k, x in
+                                                             v["val_error_by_threshold"].items()}}
+                                 for g, v in tuned.items()],
+            "summary": [_jsonable(r) for r in rows], "comparisons": comps,
+            "runs": [{"key": r["key"], "method": label(r["config"]["method"]), **r}
+                     for r in runs]}
+
+
+def _jsonable(row: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else
+                (None if isinstance(v, float) and not math.isfinite(v) else v))
+            for k, v in row.items()}
