@@ -51,6 +51,8 @@ def main(argv=None) -> int:
                         help="add the targeted AutoClip sweep (percentile, history length) "
                              "to the methods")
     parser.add_argument("--no-agc", action="store_true", help="skip AGC (for the sweep)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="make no run: report the runs already in the cache")
     parser.add_argument("--no-fused", action="store_true",
                         help="skip phase 2 (the fused optimizers at the tuned threshold)")
     args = parser.parse_args(argv)
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
     if args.seeds is not None:
         mode["seeds"] = list(range(args.seeds))
     if args.steps is not None:
-        mode["steps"] = args.steps
+        mode["steps"] = {m: args.steps for m in mode["models"]}
     if args.tasks is not None:
         mode["tasks"] = [mode["tasks"][int(i)] for i in args.tasks.split(",")]
     extra = list(AUTOCLIP_EXTRA) + (list(AUTOCLIP_SWEEP) if args.autoclip_sweep else [])
@@ -74,10 +76,11 @@ def main(argv=None) -> int:
     phase1 = plan.phase1(mode, extra)
     if args.no_agc:
         phase1 = [c for c in phase1 if c["method"]["kind"] != "agc"]
-    first = run_all(phase1, cache, jobs, "phase 1 (sweep)")
+    run = not args.report_only
+    first = run_all(phase1, cache, jobs, "phase 1 (sweep)", run)
     tuned = plan.tuned_thresholds(first)
     second = ([] if args.no_fused else
-              run_all(plan.phase2(mode, tuned), cache, jobs, "phase 2 (fused, tuned)"))
+              run_all(plan.phase2(mode, tuned), cache, jobs, "phase 2 (fused, tuned)", run))
     study_wall = time.perf_counter() - start
     runs = first + second
 
@@ -87,6 +90,7 @@ def main(argv=None) -> int:
                  "tasks": mode["tasks"], "models": mode["models"], "seeds": len(mode["seeds"]),
                  "runs": len(runs), "jobs": jobs, "study_wall_s": study_wall,
                  "sum_of_run_walls_s": sum(r["result"]["wall_time_s"] for r in runs),
+                 "sum_of_run_cpu_s": sum(r["result"].get("cpu_time_s", 0.0) for r in runs),
                  "load_before": load_before, "load_after": meta_mod.load_average(),
                  "sgd_implementation": sgd_implementation(),
                  "note": "study_wall_s counts only the runs made by this invocation; "
@@ -94,7 +98,7 @@ def main(argv=None) -> int:
     rows = report.summarise(runs, tuned)
     comps = report.comparisons(runs, tuned)
     with open(os.path.join(args.out, "study.md"), "w") as f:
-        f.write(report.markdown(rows, comps, info))
+        f.write(report.markdown(rows, comps, info, report.headline(runs, rows, comps, tuned)))
     with open(os.path.join(args.out, "study.json"), "w") as f:
         json.dump(report.as_json(runs, rows, comps, tuned, info), f, indent=1)
     png = os.path.join(args.out, "study.png")

@@ -77,9 +77,9 @@ def test_quick_mode_writes_every_output(quick_run):
     assert len(data["summary"]) == groups * per_group
     # the Markdown table: one section per task, one row per (model, method)
     md = (out / "study.md").read_text()
-    assert md.count("\n## ") == len(meta["tasks"]) + 1
-    rows = [line for line in md.splitlines() if line.startswith("| RNN") or
-            line.startswith("| LSTM")]
+    assert md.count("\n## ") == len(meta["tasks"]) + 2  # + the headline and the ratios
+    rows = [line for line in md.splitlines() if line.startswith("| RNN |") or
+            line.startswith("| LSTM |")]
     assert len(rows) == groups * per_group
     assert md.count("★") >= groups
     assert (out / "runs.jsonl").read_text().count("\n") == len(data["runs"])

@@ -49,6 +49,7 @@ def summarise(runs: List[dict], tuned: dict) -> List[dict]:
                 "accuracy_ci": t_interval(acc),
                 "diverged": k, "diverged_ci": wilson(k, len(res)),
                 "wall_mean": mean(wall), "wall_std": std(wall),
+                "cpu_mean": mean([x.get("cpu_time_s", math.nan) for x in res]),
                 "chance_error": task.chance,
             })
     return rows
@@ -98,14 +99,18 @@ def _ci(ci, low: float = 0.0) -> str:
     return f"[{_f(max(ci[0], low))}, {_f(ci[1])}]"
 
 
-def markdown(rows: List[dict], comps: List[dict], meta: dict) -> str:
+def markdown(rows: List[dict], comps: List[dict], meta: dict, headline_table: str) -> str:
     lines = [f"# Clipping study ({meta['mode']} mode)", "",
              f"commit `{meta['commit']}`{' (with uncommitted changes)' if meta['dirty'] else ''}, "
              f"{meta['date']}; {meta['machine']['description']}; torch {meta['torch']}; "
              f"{meta['runs']} runs, {meta['seeds']} seeds each, study wall time "
              f"{meta['study_wall_s'] / 60:.1f} min on {meta['jobs']} processes "
-             f"(load average {meta['load_before']} before, {meta['load_after']} after).", "",
-             f"Steps {meta['sizes']['steps']}, batch {meta['sizes']['batch']}, hidden "
+             f"(load average {meta['load_before']} before, {meta['load_after']} after); the "
+             f"runs' CPU time adds up to {meta['sum_of_run_cpu_s'] / 60:.1f} min, i.e. "
+             f"{meta['sum_of_run_cpu_s'] / 60 / meta['jobs']:.1f} min of wall time on "
+             f"{meta['jobs']} idle cores.", "",
+             "Steps " + ", ".join(f"{MODEL_NAMES[m]} {n}" for m, n in
+                                  meta["sizes"]["steps"].items()) + f", batch {meta['sizes']['batch']}, hidden "
              f"{meta['sizes']['hidden']}, {meta['sizes']['eval_size']} validation and "
              f"{meta['sizes']['eval_size']} test sequences. SGD: {meta['sgd_implementation']}.",
              "", "Test error: MSE of the final sum (adding), cross-entropy per output symbol "
@@ -115,11 +120,15 @@ def markdown(rows: List[dict], comps: List[dict], meta: dict) -> str:
              "Wilson for the divergence rate. "
              "★: the fixed threshold with the lowest mean validation error (the tuned one).",
              ""]
+    lines += ["## Headline", "",
+              "Test error mean [95% CI], diverged runs, and (after ';') the paired ratio to "
+              "the tuned threshold's error with its 95% interval.", "",
+              headline_table, ""]
     for task in dict.fromkeys(r["task"] for r in rows):
         chance = next(r["chance_error"] for r in rows if r["task"] == task)
         lines += [f"## {task} (chance error {chance:.3g})", "",
                   "| model | method | test error mean ± std | 95% CI | accuracy mean ± std "
-                  "| 95% CI | diverged | 95% CI | wall s/run |",
+                  "| 95% CI | diverged | 95% CI | wall s/run (CPU s) |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in (r for r in rows if r["task"] == task):
             star = " ★" if r["tuned"] else ""
@@ -130,7 +139,7 @@ def markdown(rows: List[dict], comps: List[dict], meta: dict) -> str:
                 f"[{100 * max(r['accuracy_ci'][0], 0.0):.1f}, "
                 f"{100 * min(r['accuracy_ci'][1], 1.0):.1f}] | "
                 f"{r['diverged']}/{r['n']} | [{r['diverged_ci'][0]:.2f}, "
-                f"{r['diverged_ci'][1]:.2f}] | {r['wall_mean']:.1f} ± {r['wall_std']:.1f} |")
+                f"{r['diverged_ci'][1]:.2f}] | {r['wall_mean']:.1f} ± {r['wall_std']:.1f} ({r['cpu_mean']:.1f}) |")
         lines.append("")
     lines += ["## Test error relative to the tuned threshold (paired by seed)", "",
               "Geometric mean over seeds of (method's test error) / (tuned fixed threshold's "
@@ -212,3 +221,54 @@ def _jsonable(row: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else
                 (None if isinstance(v, float) and not math.isfinite(v) else v))
             for k, v in row.items()}
+
+
+def _headline_name(row: dict, tuned_label: str, best_agc: Optional[str]) -> Optional[str]:
+    kind = row["spec"]["kind"]
+    if kind == "fixed":
+        return "fixed, tuned on validation (c*)" if row["method"] == tuned_label else None
+    if kind == "agc":
+        return "AGC, best factor on validation" if row["method"] == best_agc else None
+    if kind == "fused_adam":
+        return "gradfast.optim.Adam(max_grad_norm=c*)"
+    if kind == "sgd":
+        return "SGD+momentum, max_grad_norm=c*"
+    return row["method"]
+
+
+def headline(runs: List[dict], rows: List[dict], comps: List[dict], tuned: dict) -> str:
+    """The README's table: one row per method (the tuned threshold and the best AGC factor
+    only), one column per (task, model): test error mean [95% CI] and divergences; and the
+    paired ratio of each method's error to the tuned threshold's."""
+    groups = _groups(runs)
+    cols, names, cells = [], [], {}
+    for g, per in groups.items():
+        task = make_task(json.loads(g[0]))
+        col = f"{task.label}, {MODEL_NAMES[g[1]]}"
+        cols.append(col)
+        tuned_label = f"fixed {tuned[g]['max_norm']:g}" if g in tuned else None
+        best_agc = _pick(per, "agc")
+        ratios = {c["method"]: c for c in comps
+                  if c["task"] == task.label and c["model"] == MODEL_NAMES[g[1]]}
+        for r in rows:
+            if r["task"] != task.label or r["model"] != MODEL_NAMES[g[1]]:
+                continue
+            name = _headline_name(r, tuned_label, best_agc)
+            if name is None:
+                continue
+            if name not in names:
+                names.append(name)
+            extra = ""
+            if r["spec"]["kind"] == "fixed":
+                extra = f" (c* = {tuned[g]['max_norm']:g})"
+            elif r["spec"]["kind"] == "agc":
+                extra = f" ({r['spec']['clip_factor']:g})"
+            c = ratios.get(r["method"])
+            ratio = ("" if c is None or c["ratio"] is None else
+                     f"; {c['ratio']:.2g}x [{c['ratio_ci'][0]:.2g}, {c['ratio_ci'][1]:.2g}]")
+            cells[(name, col)] = (f"{_f(r['error_mean'])} {_ci(r['error_ci'])}{extra}, "
+                                  f"div {r['diverged']}/{r['n']}{ratio}")
+    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(cells.get((name, c), "") for c in cols) + " |")
+    return "\n".join(lines) + "\n"

@@ -67,11 +67,17 @@ def _cost(config: dict) -> float:
     return config["steps"] * length * (1.5 if config["model"] == "rnn" else 1.0)
 
 
-def run_all(configs: List[dict], cache_path: str, jobs: int, desc: str) -> List[dict]:
-    """Every config's {"key", "config", "result"}, running only those not in the cache."""
+def run_all(configs: List[dict], cache_path: str, jobs: int, desc: str,
+            run_missing: bool = True) -> List[dict]:
+    """Every config's {"key", "config", "result"}, running only those not in the cache
+    (with run_missing=False: only the cached ones, for a report of a partial study)."""
     done = load_cache(cache_path)
     keyed = [(config_key(c), c) for c in configs]
     todo = {k: c for k, c in keyed if k not in done}
+    if not run_missing:
+        print(f"{desc}: {len(keyed) - len(todo)} of {len(keyed)} runs cached, reporting "
+              "those only", file=sys.stderr, flush=True)
+        return [done[k] for k, _ in keyed if k in done]
     if not todo:
         print(f"{desc}: all {len(keyed)} runs cached", file=sys.stderr, flush=True)
     else:
