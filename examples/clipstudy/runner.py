@@ -83,7 +83,9 @@ def run_all(configs: List[dict], cache_path: str, jobs: int, desc: str,
     else:
         print(f"{desc}: {len(keyed) - len(todo)} of {len(keyed)} runs cached, "
               f"{len(todo)} to run on {jobs} process(es)", file=sys.stderr, flush=True)
-        order = sorted(todo.items(), key=lambda kc: -_cost(kc[1]))
+        # Seed by seed (so that a study stopped early has every method on its first seeds),
+        # the longest runs first within a seed (better packing).
+        order = sorted(todo.items(), key=lambda kc: (kc[1]["seed"], -_cost(kc[1])))
         bar = _Progress(len(order), desc)
         with open(cache_path, "a") as cache:
             def record(key, config, result):
