@@ -33,7 +33,7 @@ import time
 from clipstudy import meta as meta_mod
 from clipstudy import plan, report
 from clipstudy.methods import AUTOCLIP_EXTRA, AUTOCLIP_SWEEP, sgd_implementation
-from clipstudy.runner import run_all
+from clipstudy.runner import load_cache, run_all
 
 
 def main(argv=None) -> int:
@@ -71,30 +71,49 @@ def main(argv=None) -> int:
     cache = os.path.join(args.out, "runs.jsonl")
     here = os.path.dirname(os.path.abspath(__file__))
 
-    load_before = meta_mod.load_average()
-    start = time.perf_counter()
-    phase1 = plan.phase1(mode, extra)
-    if args.no_agc:
-        phase1 = [c for c in phase1 if c["method"]["kind"] != "agc"]
-    run = not args.report_only
-    first = run_all(phase1, cache, jobs, "phase 1 (sweep)", run)
-    tuned = plan.tuned_thresholds(first)
-    second = ([] if args.no_fused else
-              run_all(plan.phase2(mode, tuned), cache, jobs, "phase 2 (fused, tuned)", run))
-    study_wall = time.perf_counter() - start
-    runs = first + second
-
-    info = meta_mod.collect(here)
-    info.update({"mode": mode_name, "sizes": {k: mode[k] for k in
-                                              ("steps", "batch", "hidden", "eval_size")},
-                 "tasks": mode["tasks"], "models": mode["models"], "seeds": len(mode["seeds"]),
-                 "runs": len(runs), "jobs": jobs, "study_wall_s": study_wall,
+    run_info_path = os.path.join(args.out, "run_info.json")
+    if args.report_only:
+        # Every run in the cache (whatever sizes made it), with where and when it ran.
+        runs = list(load_cache(cache).values())
+        tuned = plan.tuned_thresholds(runs)
+        run_info = {}
+        if os.path.exists(run_info_path):
+            with open(run_info_path) as f:
+                run_info = json.load(f)
+        info = dict(meta_mod.collect(here), **run_info)
+        info["report_commit"] = meta_mod.collect(here)["commit"]
+    else:
+        info = meta_mod.collect(here)  # the code that makes the runs
+        load_before = meta_mod.load_average()
+        start = time.perf_counter()
+        phase1 = plan.phase1(mode, extra)
+        if args.no_agc:
+            phase1 = [c for c in phase1 if c["method"]["kind"] != "agc"]
+        first = run_all(phase1, cache, jobs, "phase 1 (sweep)")
+        tuned = plan.tuned_thresholds(first)
+        second = ([] if args.no_fused else
+                  run_all(plan.phase2(mode, tuned), cache, jobs, "phase 2 (fused, tuned)"))
+        runs = first + second
+        info.update({"study_wall_s": time.perf_counter() - start, "jobs": jobs,
+                     "load_before": load_before, "load_after": meta_mod.load_average(),
+                     "note": "study_wall_s counts only the runs made by this invocation; "
+                             "runs taken from the cache add nothing"})
+        with open(run_info_path, "w") as f:
+            json.dump(info, f, indent=1)
+    steps = {}
+    for r in runs:
+        steps.setdefault(r["config"]["model"], set()).add(r["config"]["steps"])
+    info.update({"mode": mode_name + (" (report of the cache)" if args.report_only else ""),
+                 "sizes": {"steps": {m: "/".join(map(str, sorted(v))) for m, v in steps.items()},
+                           **{k: mode[k] for k in ("batch", "hidden", "eval_size")}},
+                 "tasks": list({json.dumps(r["config"]["task"], sort_keys=True): r["config"]["task"]
+                                for r in runs}.values()),
+                 "models": sorted(steps), "seeds": len({r["config"]["seed"] for r in runs}),
+                 "runs": len(runs),
                  "sum_of_run_walls_s": sum(r["result"]["wall_time_s"] for r in runs),
                  "sum_of_run_cpu_s": sum(r["result"].get("cpu_time_s", 0.0) for r in runs),
-                 "load_before": load_before, "load_after": meta_mod.load_average(),
-                 "sgd_implementation": sgd_implementation(),
-                 "note": "study_wall_s counts only the runs made by this invocation; "
-                         "runs taken from the cache add nothing"})
+                 "sgd_implementation": sgd_implementation()})
+    info.setdefault("jobs", jobs)
     rows = report.summarise(runs, tuned)
     comps = report.comparisons(runs, tuned)
     with open(os.path.join(args.out, "study.md"), "w") as f:
@@ -103,7 +122,7 @@ def main(argv=None) -> int:
         json.dump(report.as_json(runs, rows, comps, tuned, info), f, indent=1)
     png = os.path.join(args.out, "study.png")
     drew = report.plot(runs, tuned, png)
-    print(f"{len(runs)} runs; wall time {study_wall:.0f} s; wrote {args.out}/study.md, "
+    print(f"{len(runs)} runs; wall time {info.get('study_wall_s', 0):.0f} s; wrote {args.out}/study.md, "
           f"study.json" + (", study.png" if drew else " (no matplotlib: no PNG)"))
     return 0
 

@@ -104,8 +104,9 @@ def markdown(rows: List[dict], comps: List[dict], meta: dict, headline_table: st
              f"commit `{meta['commit']}`{' (with uncommitted changes)' if meta['dirty'] else ''}, "
              f"{meta['date']}; {meta['machine']['description']}; torch {meta['torch']}; "
              f"{meta['runs']} runs, {meta['seeds']} seeds each, study wall time "
-             f"{meta['study_wall_s'] / 60:.1f} min on {meta['jobs']} processes "
-             f"(load average {meta['load_before']} before, {meta['load_after']} after); the "
+             + (f"{meta['study_wall_s'] / 60:.1f} min" if "study_wall_s" in meta else "n/a")
+             + f" on {meta['jobs']} processes (load average {meta.get('load_before', 'n/a')} "
+             f"before, {meta.get('load_after', 'n/a')} after); the "
              f"runs' CPU time adds up to {meta['sum_of_run_cpu_s'] / 60:.1f} min, i.e. "
              f"{meta['sum_of_run_cpu_s'] / 60 / meta['jobs']:.1f} min of wall time on "
              f"{meta['jobs']} idle cores.", "",
