@@ -192,8 +192,9 @@ def plot(runs: List[dict], tuned: dict, path: str) -> bool:
         ax.set_xticks(range(len(methods)))
         ticks = []
         for name in methods:
-            tuned_here = [f"fixed {tuned[g]['max_norm']:g}" for g in tuned if g[0] == tkey]
-            ticks.append(name + (" ★" if name in tuned_here else ""))
+            stars = [MODEL_NAMES[g[1]] for g in tuned
+                     if g[0] == tkey and name == f"fixed {tuned[g]['max_norm']:g}"]
+            ticks.append(name + (f" ★ {'+'.join(stars)}" if stars else ""))
         ax.set_xticklabels(ticks, rotation=35, ha="right", fontsize=7)
         ax.set_ylabel("final test error")
         ax.set_title(f"{task.label}: test error per run (bar: median; red ring: diverged; "
