@@ -143,7 +143,7 @@ def test_readback_only_every_n_steps(monkeypatch):
     original = torch.Tensor.to
 
     def spy(self, *args, **kwargs):
-        if self.dim() == 2 and mon._buf is not None and self.data_ptr() == mon._buf.data_ptr():
+        if self.dim() == 2 and mon._recorder.buf is not None and self.data_ptr() == mon._recorder.buf.data_ptr():
             reads.append(self.shape[0])
         return original(self, *args, **kwargs)
 
@@ -154,7 +154,7 @@ def test_readback_only_every_n_steps(monkeypatch):
         model(x).sum().backward()
         mon.step()
     assert reads == [10, 10]  # at the 11th and 21st record: the buffer was full
-    assert mon.events == [] and len(mon._chunks) == 2
+    assert mon.events == [] and len(mon._recorder.chunks) == 2
     mon.flush()
     assert reads == [10, 10, 5]
 

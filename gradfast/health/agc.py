@@ -18,10 +18,11 @@ from typing import Iterable, List, Optional, Tuple, Union
 
 import torch
 
-from .._kernels import group_agc_cuda
-from .._native import _C, CUDA_COMPILED, DTYPE_CODES
-from .._norm_kind import norm_kind, parse_norm_type
-from .._tensor_lists import group_by_device_dtype, has_duplicates, native_supported
+from .._native.agc import group_agc
+from .._native.library import CUDA_COMPILED
+from .._native.norm_kind import norm_kind, parse_norm_type
+from .._native.op import NativeOp
+from .._native.support import group_by_device_dtype, native_supported
 
 __all__ = ["adaptive_clip_grad_"]
 
@@ -120,24 +121,28 @@ def adaptive_clip_grad_(
     if native:
         for (device, dtype), idx in group_by_device_dtype([g for _, g, _ in native]).items():
             group = [native[i] for i in idx]
-            if device.type == "cuda":
-                clipped = group_agc_cuda([w for w, _, _ in group], [g for _, g, _ in group],
-                                         [u for _, _, u in group], kind, p, clip_factor, eps)
-                if clipped is None:  # a gradient listed twice: torch's ops, in order
-                    other += [(w, g) for w, g, _ in group]
-                else:
-                    counts.append(clipped.to(first_device))
-                continue
-            gptrs, numels = [g.data_ptr() for _, g, _ in group], [g.numel() for _, g, _ in group]
-            if has_duplicates(gptrs, numels):  # the threads would race on it: torch's ops
-                other += [(w, g) for w, g, _ in group]
-                continue
-            clipped = torch.zeros((), dtype=torch.int64)
-            _C.cpu_agc([w.data_ptr() for w, _, _ in group], gptrs, numels, [u for _, _, u in group],
-                       DTYPE_CODES[dtype], kind, p, clip_factor, eps, clipped.data_ptr(),
-                       torch.get_num_threads())
+            clipped = _agc_group([w for w, _, _ in group], [g for _, g, _ in group],
+                                 [u for _, _, u in group], kind, p, clip_factor, eps)
             counts.append(clipped.to(first_device))
     if other:
         counts.append(_agc_torch([w for w, _ in other], [g for _, g in other], clip_factor,
                                  eps, p).to(first_device))
     return counts[0] if len(counts) == 1 else torch.stack(counts).sum()
+
+
+def _agc_impl(params, grads, units, kind, p, clip_factor, eps) -> torch.Tensor:
+    """One (device, dtype) group natively; a gradient listed twice goes through torch's ops,
+    one tensor after the other (the parallel kernels would race on it)."""
+    clipped = group_agc(params, grads, units, kind, p, clip_factor, eps)
+    if clipped is None:
+        return _agc_torch(params, grads, clip_factor, eps, p)
+    return clipped
+
+
+# The native AGC of one group as a torch.library op, so torch.compile traces
+# adaptive_clip_grad_ (fullgraph) and runs the same kernels; eager calls run _agc_impl.
+_agc_group = NativeOp(
+    "group_agc_", "(Tensor[] params, Tensor(a!)[] grads, int[] units, int kind, float p, "
+    "float clip_factor, float eps) -> Tensor",
+    _agc_impl, lambda params, grads, units, kind, p, clip_factor, eps:
+    grads[0].new_empty((), dtype=torch.int64))

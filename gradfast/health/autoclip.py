@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, Optional, Union
 
 import torch
 
-from .._norm_kind import parse_norm_type
+from .._native.norm_kind import parse_norm_type
 from ..clip import _coef_from_total, _scale_by_coef
 from .norms import norms_of
 
@@ -188,6 +188,9 @@ class AutoClip:
         return torch.cat([buf[start:], buf[:start]])
 
     def state_dict(self) -> Dict[str, Any]:
+        """Settings and history as numbers and tensors only, so a checkpoint holding it
+        (an optimizer's, with ``max_grad_norm=AutoClip(...)``) loads with
+        ``torch.load(weights_only=True)``."""
         clone = lambda t: None if t is None else t.clone()  # noqa: E731
         return {"percentile": self.percentile, "history": self.history,
                 "norm_type": self.norm_type, "min_history": self.min_history,
@@ -195,6 +198,7 @@ class AutoClip:
                 "count": clone(self._count)}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore settings and history into this object (tensors are copied)."""
         self.percentile = float(state["percentile"])
         self.history = int(state["history"])
         self.norm_type = float(state["norm_type"])
