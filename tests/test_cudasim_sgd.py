@@ -11,7 +11,6 @@ import torch
 
 from clip_helpers import FLOAT_DTYPES, bits, dtype_id
 from gradfast._native import _C
-from gradfast._native.backend import use
 from gradfast.optim import SGD
 from sgd_kernels import cpu_step, step_state
 

@@ -22,8 +22,10 @@ from torch.utils.hooks import RemovableHandle
 from .. import _torch_fallback
 from .._native.norm import total_norm
 from .._native.norm_kind import check_empty, norm_kind, parse_norm_type
+from .._native.library import DTYPE_CODES
 from .._native.op import compiling
 from .._native.step import StepArgs
+from .._native.support import is_dense
 from ..health.checkpoint import pack_thresholds, unpack_thresholds
 from ..health.norms import aligned_per_tensor, norms_of
 from ._validation import EXTRA_DEFAULTS
@@ -213,6 +215,21 @@ class FusedOptimizer(torch.optim.Optimizer):
                                    self.param_groups)
         if "_gf_results" not in self.__dict__:
             self._gf_results = {"grad_norm": None, "skipped_steps": None}
+
+    def _unsupported_message(self, p: Tensor, group) -> str:
+        """Why the kernels cannot step parameter p, in torch's words where torch has some."""
+        name = f"gradfast.optim.{type(self).__name__}"
+        if group.get("fused") and not (p.is_floating_point()):
+            return ("`fused=True` requires all the params to be floating point Tensors of "
+                    f"supported devices: ['cpu', 'cuda'] but {p.dtype} and {p.device.type}")
+        if p.dtype not in DTYPE_CODES:
+            return f"{name} supports float32, float64, float16 and bfloat16 parameters, not {p.dtype}"
+        if p.device.type not in ("cpu", "cuda"):
+            return f"{name} supports CPU and CUDA parameters, not {p.device.type}"
+        if not is_dense(p):
+            return (f"{name} needs parameters that are dense in memory (no gaps or overlaps); "
+                    f"got one of shape {tuple(p.shape)} and strides {p.stride()}")
+        return f"{name} does not support parameters of type {type(p).__name__}"
 
     # ---- what a subclass provides ---------------------------------------------------------
 

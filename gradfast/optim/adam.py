@@ -271,20 +271,6 @@ class Adam(FusedOptimizer):
                 fixed.copy_(t.reshape(p.shape))
                 state[key] = fixed
 
-    def _unsupported_message(self, p: Tensor, group) -> str:
-        name = f"gradfast.optim.{type(self).__name__}"
-        if group.get("fused") and not (p.is_floating_point()):
-            return ("`fused=True` requires all the params to be floating point Tensors of "
-                    f"supported devices: ['cpu', 'cuda'] but {p.dtype} and {p.device.type}")
-        if p.dtype not in DTYPE_CODES:
-            return f"{name} supports float32, float64, float16 and bfloat16 parameters, not {p.dtype}"
-        if p.device.type not in ("cpu", "cuda"):
-            return f"{name} supports CPU and CUDA parameters, not {p.device.type}"
-        if not is_dense(p):
-            return (f"{name} needs parameters that are dense in memory (no gaps or overlaps); "
-                    f"got one of shape {tuple(p.shape)} and strides {p.stride()}")
-        return f"{name} does not support parameters of type {type(p).__name__}"
-
     # ---- step --------------------------------------------------------------------------
 
     def _group_work(self, group, use_plans: bool) -> Optional[WorkItem]:

@@ -57,7 +57,6 @@ from .._native.support import native_supported, split
 from ._fused import FusedOptimizer, WorkItem
 from ._plan import GroupPlan
 from ._validation import check_extras, check_fused_flags, check_sgd_args, check_sgd_nesterov
-from .adam import Adam
 
 __all__ = ["SGD"]
 
@@ -233,8 +232,6 @@ class SGD(FusedOptimizer):
             fixed.copy_(buf.reshape(p.shape))
             return fixed
         return buf
-
-    _unsupported_message = Adam._unsupported_message
 
     # ---- step --------------------------------------------------------------------------
 
