@@ -13,7 +13,7 @@ from gradfast._native.backend import use
 from gradfast._native.norm_kind import L1, L2
 from gradfast._native.op import DEFINED
 from gradfast._native.step import StepArgs
-import gradfast.health.agc  # noqa: F401  (defines gradfast::group_agc_)  # noqa: F401  (defines gradfast::group_agc_)
+import gradfast.health.agc  # noqa: F401  (defines gradfast::group_agc_)
 
 
 def _norm_samples():
