@@ -191,7 +191,9 @@ def test_grad_scaler_unscales_and_skips_like_torch():
     ref = copy.deepcopy(model)
     opt = SGD(model.parameters(), lr=0.1, momentum=0.9, dampening=0.5)
     opt_r = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, dampening=0.5)
-    assert opt._step_supports_amp_scaling
+    # True only for GradScaler.step (frameworks read it as False: see FusedOptimizer);
+    # skipped_steps == 2 below shows GradScaler took the fused unscale/skip path.
+    assert not opt._step_supports_amp_scaling
     sc, sc_r = torch.amp.GradScaler("cpu", init_scale=1024.0), \
         torch.amp.GradScaler("cpu", init_scale=1024.0)
     gen = torch.Generator().manual_seed(4)
