@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -71,7 +72,11 @@ class CMakeBuild(build_ext):
     def build_extension(self, ext: Extension) -> None:
         ext_path = Path(self.get_ext_fullpath(ext.name)).resolve()
         out_dir = ext_path.parent
-        build_dir = Path(self.build_temp).resolve() / "cmake"
+        # One build directory per interpreter in the checkout, for `pip install .` and
+        # `pip install -e .` alike (setuptools gives editable builds a new temporary
+        # build_temp each time): a rebuild without build isolation is incremental.
+        tag = f"{sysconfig.get_platform()}-{sys.implementation.cache_tag}"
+        build_dir = ROOT / "build" / f"cmake-{tag}"
         env = build_environment()
         refresh_stale_cache(build_dir, env)
         build_dir.mkdir(parents=True, exist_ok=True)
