@@ -57,9 +57,10 @@ repair() {  # WHEEL DESTDIR: auditwheel's manylinux tag, and refuse anything els
   "${AUDITWHEEL[@]}" repair --wheel-dir "$dest" "$wheel"
   local repaired
   repaired=$(ls "$dest"/gradfast-*.whl)
+  refuse() { rm -f "$repaired"; echo "build_wheels.sh: $*" >&2; exit 1; }
   case "$(basename "$repaired")" in
     *-manylinux_*) ;;
-    *) echo "build_wheels.sh: auditwheel gave no manylinux tag: $repaired" >&2; exit 1 ;;
+    *) refuse "auditwheel gave no manylinux tag: $repaired" ;;
   esac
   # Only glibc: libstdc++ and libgcc are linked in (CMakeLists.txt), cudart is static.
   local so needed
@@ -68,13 +69,10 @@ repair() {  # WHEEL DESTDIR: auditwheel's manylinux tag, and refuse anything els
   needed=$(find "$so" -name '_C*.so' -exec readelf -d {} \; | grep NEEDED || true)
   echo "$needed"
   if echo "$needed" | grep -Eq 'libstdc\+\+|libgcc_s|libcudart'; then
-    echo "build_wheels.sh: the module still needs libstdc++, libgcc_s or libcudart" >&2
-    exit 1
+    refuse "the module still needs libstdc++, libgcc_s or libcudart"
   fi
   if [ -n "$(find "$so" -path '*gradfast.libs*' -print -quit)" ]; then
-    echo "build_wheels.sh: auditwheel grafted libraries into the wheel:" \
-         "$(ls "$so"/gradfast.libs)" >&2
-    exit 1
+    refuse "auditwheel grafted libraries into the wheel: $(ls "$so"/gradfast.libs)"
   fi
 }
 
