@@ -12,14 +12,17 @@ from __future__ import annotations
 import math
 import types
 import warnings
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Iterable, List, Optional, Union
 
 import torch
 
-from . import _kernels, _ops, _torch_fallback
-from ._native import MATH_DTYPE
-from ._norm_kind import L0, empty_tensor_error, norm_kind, parse_norm_type
-from ._tensor_lists import all_native_supported, group_by_device_dtype, host_args, single_group
+from . import _torch_fallback
+from ._native import norm as _norm
+from ._native.group import TensorGroup
+from ._native.library import MATH_DTYPE
+from ._native.norm_kind import check_empty, norm_kind, parse_norm_type
+from ._native.op import compiling
+from ._native.support import all_native_supported, group_by_device_dtype, single_group
 
 _tensor_or_tensors = Union[torch.Tensor, Iterable[torch.Tensor]]
 
@@ -34,43 +37,6 @@ _NONFINITE_MSG = (
 
 
 _native_ok = all_native_supported
-
-
-def _check_empty(tensors: List[torch.Tensor], p: float) -> None:
-    if p in (float("inf"), float("-inf")) and any(t.numel() == 0 for t in tensors):
-        raise RuntimeError(empty_tensor_error(p))
-
-
-def _norms(
-    tensors: List[torch.Tensor], p: float, max_norm: float
-) -> Tuple[torch.Tensor, Optional[torch.Tensor], List[Tuple[List[int], torch.Tensor]]]:
-    """Native total norm of non-empty, native-supported tensors with a native order.
-
-    Returns (total, coef or None, [(indices, per-tensor norms) per group]). coef is the
-    kernel-computed clip coefficient, available when there is a single group.
-    """
-    kind = norm_kind(p)
-    groups = group_by_device_dtype(tensors)
-    if len(groups) == 1:
-        total, per_tensor, coef = _ops.group_norm(tensors, p, kind, max_norm)
-        return total, coef, [(list(range(len(tensors))), per_tensor)]
-    # Several groups: combine the per-tensor norms exactly as torch does, as the norm of
-    # the stacked per-tensor norms (each in its tensor's dtype) on the first device.
-    first_device = tensors[0].device
-    parts, per_group = [], []
-    for (device, dtype), idx in groups.items():
-        _, per_tensor, _ = _ops.group_norm([tensors[i] for i in idx], p, kind, max_norm)
-        per_group.append((idx, per_tensor))
-        parts.append(per_tensor.to(dtype).to(first_device))
-    promoted = parts[0].dtype
-    for part in parts[1:]:
-        promoted = torch.promote_types(promoted, part.dtype)
-    stacked = torch.cat([part.to(promoted) for part in parts])
-    if kind == L0:
-        total = stacked.sum()
-    else:
-        total = torch.linalg.vector_norm(stacked, p)
-    return total, None, per_group
 
 
 def _coef_from_total(max_norm: float, total: torch.Tensor) -> torch.Tensor:
@@ -102,8 +68,8 @@ def get_total_norm(
     if len(tensors) == 0:
         return torch.tensor(0.0)
     if norm_kind(p) is not None and _native_ok(tensors):
-        _check_empty(tensors, p)
-        total = _norms(tensors, p, 1.0)[0]
+        check_empty(tensors, p)
+        total = _norm.total_norm(tensors, p, norm_kind(p), 1.0)[0]
     else:
         total = _torch_fallback.total_norm(tensors, p)
     if error_if_nonfinite:
@@ -124,7 +90,7 @@ def _scale_groups(grads: List[torch.Tensor], coef: torch.Tensor) -> None:
                 group = [g for g in group if g.dim() != 0]
                 if not group:
                     continue
-        _ops.group_scale_(group, coef.to(device=device, dtype=MATH_DTYPE[dtype]))
+        _norm.scale_(group, coef.to(device=device, dtype=MATH_DTYPE[dtype]))
 
 
 def _scale_by_coef(grads: List[torch.Tensor], coef: torch.Tensor) -> None:
@@ -190,21 +156,22 @@ def clip_grad_norm_(
             _raise_if_nonfinite(total, p)
         _torch_fallback.scale_(grads, _coef_from_total(max_norm, total))
         return total
-    _check_empty(grads, p)
-    if grads[0].is_cpu and not _ops.compiling() and single_group(grads):
-        # The common CPU case, eager: one group, the kernels called directly, pointers
-        # gathered once for both passes.
-        args = host_args(grads)
-        total, _, coef = _kernels.group_norm(grads, p, norm_kind(p), max_norm, args)
+    check_empty(grads, p)
+    kind = norm_kind(p)
+    if not compiling() and single_group(grads):
+        # The common case, eager: one group, the calls made directly on one TensorGroup,
+        # whose pointers (CPU) or device table (CUDA) both passes share.
+        group = TensorGroup(grads)
+        total, _, coef = _norm.group_norm(group, kind, p, max_norm)
         if error_if_nonfinite:
             _raise_if_nonfinite(total, p)
-        _kernels.group_scale_(grads, coef, args)
+        _norm.group_scale_(group, coef)
         return total
-    total, coef, _ = _norms(grads, p, max_norm)
+    total, coef, _ = _norm.total_norm(grads, p, kind, max_norm)
     if error_if_nonfinite:
         _raise_if_nonfinite(total, p)
     if coef is not None:
-        _ops.group_scale_(grads, coef)
+        _norm.scale_(grads, coef)
     else:
         _scale_groups(grads, _coef_from_total(max_norm, total))
     return total
@@ -243,7 +210,7 @@ def clip_grad_value_(
         _torch_fallback.clamp_(grads, clip_value)
         return
     for _, idx in groups.items():
-        _ops.group_clamp_([grads[i] for i in idx], -clip_value, clip_value)
+        _norm.clamp_([grads[i] for i in idx], -clip_value, clip_value)
 
 
 def _clip_value_native_ok(clip_value: float, groups) -> bool:

@@ -38,12 +38,15 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def cudasim():
-    """gradfast's _C with its CUDA kernels compiled for the CPU (tests/cudasim), built once
+    """gradfast's _C with its CUDA kernels compiled for the CPU (tools/cudasim), built once
     per session; a skip when the build tools are missing, a failure where CI expects it
     (GRADFAST_EXPECT_CUDASIM=1)."""
     import os
 
-    from cudasim.build import build, load, missing_tool
+    from sim_device import load_tool
+
+    build_tool = load_tool("build")
+    build, load, missing_tool = build_tool.build, build_tool.load, build_tool.missing_tool
 
     tool = missing_tool()
     if tool is not None:
@@ -56,6 +59,6 @@ def cudasim():
 @pytest.fixture(scope="session")
 def sim_devices(cudasim):
     """Every simulated device (different grid sizes, one without cooperative launch)."""
-    from cudasim.device import SimDevice
+    from sim_device import SimDevice
 
     return [SimDevice(cudasim, i) for i in range(cudasim.cuda_device_count())]

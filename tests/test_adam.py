@@ -6,9 +6,7 @@ nothing is compared with stored numbers.
 import copy
 import io
 import math
-import os
 import random
-import sys
 
 import pytest
 import torch
@@ -16,7 +14,6 @@ import torch
 import gradfast
 from gradfast.optim import Adam, AdamW
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import adam_helpers  # noqa: E402
 from adam_helpers import assert_state_close, clone_params, random_grads, set_grads  # noqa: E402,F401
 

@@ -1,15 +1,12 @@
 """gradfast.optim.Adam / AdamW on CUDA against torch's fused CUDA Adam (skipped without a GPU)."""
 import copy
 import math
-import os
-import sys
 
 import pytest
 import torch
 
 from gradfast.optim import Adam, AdamW
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import adam_helpers  # noqa: E402
 from adam_helpers import clone_params, random_grads, set_grads  # noqa: E402,F401
 from clip_helpers import bits  # noqa: E402
@@ -324,8 +321,10 @@ def test_torch_compile_on_cuda():
 import functools  # noqa: E402
 
 import gradfast  # noqa: E402
-from gradfast import _kernels, _tensor_lists  # noqa: E402
-from gradfast._norm_kind import norm_kind  # noqa: E402
+from gradfast._native import adam as native_adam  # noqa: E402
+from gradfast._native.backend import REAL  # noqa: E402
+from gradfast._native.norm_kind import norm_kind  # noqa: E402
+from gradfast._native.step import StepArgs  # noqa: E402
 from gradfast.bench.adam_cuda import env_var  # noqa: E402
 from gradfast.optim.adam import LAUNCHES_ENV  # noqa: E402
 
@@ -359,8 +358,8 @@ def assert_same_step(opt1, ps1, opt2, ps2):
 
 
 def assert_workspaces_zero():
-    for registry in (_tensor_lists._WORKSPACES, _tensor_lists._ADAM_WORKSPACES):
-        for ws in registry.values():
+    for (kind, _, _), ws in REAL.workspaces.items():
+        if kind in ("norm", "adam"):
             assert int(torch.count_nonzero(ws)) == 0
 
 
@@ -507,11 +506,13 @@ def test_one_launch_fallback_gives_the_same_bits(dtype):
                   torch.zeros((), device=DEV)) for p in ps]
         skipped = torch.zeros((), dtype=torch.int64, device=DEV)
         gs = [g.clone() for g in grads]
-        total, n = _kernels.group_clip_adam(
+        lists = native_adam.AdamLists(
             [p.detach() for p in ps], gs, [s[0] for s in state], [s[1] for s in state],
-            [s[2] for s in state], [s[3] for s in state], 1e-2, None, 0.9, 0.999, 1e-8, 0.0,
-            0, 0.0, False, True, None, None, 2.0, norm_kind(2.0), True, 0.5, True, skipped,
-            None, cooperative=coop)
+            [s[2] for s in state], [s[3] for s in state])
+        hyper = native_adam.AdamHyper(0.9, 0.999, 1e-8, 0.0, 0.0, False, True, 0)
+        step = StepArgs(1e-2, None, None, None, None, True, 0.5, None, True)
+        total, n = native_adam.clip_adam_step(lists, hyper, step, skipped, 2.0, norm_kind(2.0),
+                                              cooperative=coop)
         assert n == (1 if coop else 2)
         outs.append([total, skipped] + [p.detach() for p in ps] + [t for s in state for t in s])
     for a, b in zip(*outs):

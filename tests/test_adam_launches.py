@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import gradfast
-from gradfast import _kernels
 from gradfast._native import _C
-from gradfast._norm_kind import L1, L2, LP
+from gradfast._native import adam as native_adam
+from gradfast._native import norm as native_norm
+from gradfast._native.norm_kind import L1, L2, LP
 from gradfast.optim import Adam, AdamW
 from gradfast.optim import adam as adam_mod
 from gradfast.optim.adam import LAUNCHES_ENV, _one_launch_kind
@@ -75,7 +76,7 @@ def test_default_path_never_consults_the_selection(env, monkeypatch):
         raise AssertionError("the default path must not consult the one-launch selection")
 
     monkeypatch.setattr(adam_mod, "_one_launch_kind", boom)
-    monkeypatch.setattr(_kernels, "group_clip_adam", boom)
+    monkeypatch.setattr(native_adam, "clip_adam_step", boom)
     params = [torch.nn.Parameter(torch.randn(50)), torch.nn.Parameter(torch.randn(3, 4))]
     opt = _run(params, env, monkeypatch, max_grad_norm=0.5, skip_nonfinite=True)
     assert opt._gf_launches is None
@@ -85,7 +86,7 @@ def test_env_one_on_cpu_keeps_the_two_launch_results(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the one-launch kernel is CUDA only")
 
-    monkeypatch.setattr(_kernels, "group_clip_adam", boom)
+    monkeypatch.setattr(native_adam, "clip_adam_step", boom)
     g = torch.Generator().manual_seed(0)
     base = [torch.randn(s, generator=g) for s in [(70000,), (5, 7), ()]]
     a = [torch.nn.Parameter(t.clone()) for t in base]
@@ -140,17 +141,12 @@ def test_two_param_groups_are_not_one_item(monkeypatch):
 
 
 def _emulated_clip_adam(calls):
-    """group_clip_adam's contract on the CPU: the norm of the grads (group_norm), then the
-    update reading it (group_adam), returning (total, 1)."""
-    def fake(params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps, lr, lr_t, beta1, beta2,
-             eps, weight_decay, wd_mode, l1, maximize, amsgrad, grad_scale, found_inf, p, kind,
-             clip, max_norm, skip_nonfinite, skipped, max_norm_t=None, cooperative=True):
+    """clip_adam_step's contract on the CPU: the norm of the grads (group_norm), then the
+    update reading it (adam_step), returning (total, 1)."""
+    def fake(lists, hyper, step, skipped, p, kind, cooperative=True):
         calls.append(kind)
-        total = _kernels.group_norm(grads, p, kind, 1.0)[0]
-        _kernels.group_adam(params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps, lr, lr_t,
-                            beta1, beta2, eps, weight_decay, wd_mode, l1, maximize, amsgrad,
-                            grad_scale, found_inf, total, clip, max_norm, skip_nonfinite,
-                            skipped, max_norm_t)
+        total = native_norm.norm(lists.grads, p, kind, 1.0)[0]
+        native_adam.adam_step(lists, hyper, step._replace(total=total), skipped)
         return total, 1
     return fake
 
@@ -178,7 +174,7 @@ def test_one_launch_branch_wiring_matches_default(dtype, cfg, monkeypatch):
     # The one-launch branch of Adam._fused_step, forced on the CPU with group_clip_adam
     # emulated by its contract: every argument it passes must give the default's bits.
     calls = []
-    monkeypatch.setattr(_kernels, "group_clip_adam", _emulated_clip_adam(calls))
+    monkeypatch.setattr(native_adam, "clip_adam_step", _emulated_clip_adam(calls))
     real = adam_mod._one_launch_kind
 
     def on_cpu_too(work, norm_types, monitor):
@@ -218,7 +214,7 @@ def test_one_launch_branch_wiring_matches_default(dtype, cfg, monkeypatch):
 
 def test_one_launch_branch_wiring_with_grad_scaler(monkeypatch):
     calls = []
-    monkeypatch.setattr(_kernels, "group_clip_adam", _emulated_clip_adam(calls))
+    monkeypatch.setattr(native_adam, "clip_adam_step", _emulated_clip_adam(calls))
     real = adam_mod._one_launch_kind
     monkeypatch.setattr(adam_mod, "_one_launch_kind", lambda work, nt, mon: real(
         [(w[0], w[1], w[2], [(CUDA0, None)], w[4]) for w in work], nt, mon))
@@ -250,9 +246,10 @@ def test_one_launch_branch_wiring_with_grad_scaler(monkeypatch):
 
 @pytest.mark.skipif(not hasattr(_C, "cuda_clip_adam_step"), reason="built without CUDA")
 def test_native_entry_point_validates_before_touching_a_device():
-    hyper = (0.9, 0.999, 1e-8, 0.0, 0.0, False)
-    flags = (False, 0, False, False)
-    control = (1e-3, 0, 0, 0, 0, 0, 0, True, 1.0, False, 0, 0)
+    hyper = _C.AdamHyper(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, l1=0.0,
+                         maximize=False)
+    flags = _C.AdamFlags(amsgrad=False, wd=_C.WeightDecayMode.None_, l1=False, unscale=False)
+    control = _C.StepControl(lr=1e-3, clip=True, max_norm=1.0)
     args = dict(norm_meta=0, norm_n=1, n_chunks=1, meta=0, n=1, n_tiles=1, dtype=0, kind=0,
                 p=2.0, norm_workspace=16, total=16, coef=0, hyper=hyper, flags=flags,
                 control=control, skipped=0, adam_workspace=16, cooperative=True, device=0,

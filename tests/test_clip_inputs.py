@@ -6,15 +6,12 @@ grads in another memory order (channels_last, transposed) are taken natively and
 as correct as contiguous ones.
 """
 import math
-import os
-import sys
 import warnings
 
 import pytest
 import torch
 import torch.nn.utils as tnu
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gradfast  # noqa: E402
 from clip_helpers import (  # noqa: E402
@@ -32,7 +29,7 @@ from clip_helpers import (  # noqa: E402
     grads_of,
 )
 from gradfast._native import CHUNK_ELEMS as C  # noqa: E402
-from gradfast._tensor_lists import native_supported  # noqa: E402
+from gradfast._native.support import native_supported  # noqa: E402
 
 NONZERO_NORMS = [n for n in NORM_TYPES if float(n) != 0]
 

@@ -6,9 +6,7 @@ bitwise what torch's clip_grads_with_norm_ makes of gradfast's total (the scalin
 is exact), and close to torch's own clip_grad_norm_ result.
 """
 import math
-import os
 import random
-import sys
 import warnings
 
 import pytest
@@ -17,7 +15,6 @@ import torch.nn.utils as tnu
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gradfast  # noqa: E402
 from clip_helpers import (  # noqa: E402

@@ -1,5 +1,5 @@
 """The CUDA Adam kernels (adam_step, and the one-launch clip_adam_step with its two-launch
-fallback) run on the CPU by cudasim (tests/cudasim): against gradfast's CPU kernel (the same
+fallback) run on the CPU by cudasim (tools/cudasim): against gradfast's CPU kernel (the same
 per-element function, already checked against torch), against torch.optim.Adam over many
 steps, and against each other, on every simulated device."""
 import math
@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from clip_helpers import FLOAT_DTYPES, bits, dtype_id
-from gradfast._kernels import _adam_scalars, _ptr
-from gradfast._native import _C, DTYPE_CODES
-from gradfast._norm_kind import norm_kind
+from gradfast._native import _C
+from gradfast._native.adam import adam_step
+from gradfast._native.norm_kind import norm_kind
+from sim_device import adam_args, adam_lists
 
-TILE = 4096
-WD_NONE, WD_L2, WD_DECOUPLED = 0, 1, 2
+TILE = _C.ADAM_TILE_ELEMS
+WD_NONE, WD_L2, WD_DECOUPLED = (int(_C.WeightDecayMode.__members__[n])
+                                for n in ("None_", "L2", "Decoupled"))
 
 
 def _state(dtype, amsgrad, seed=0):
@@ -68,13 +70,9 @@ CONFIGS = {
 
 
 def _cpu_adam(lists, amsgrad, skipped, total, dtype, **hyper):
-    params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps = lists
-    h, f, c = _adam_scalars(amsgrad=amsgrad, total_ptr=_ptr(total),
-                            total_code=DTYPE_CODES[total.dtype] if total is not None else 0,
-                            **hyper)
-    ptrs = [[t.data_ptr() for t in lst] for lst in lists]
-    _C.cpu_adam_step(*ptrs, [t.numel() for t in params], DTYPE_CODES[dtype], h, f, c,
-                     _ptr(skipped), 1)
+    """The same step through the native layer's CPU kernel (the real back end)."""
+    h, step = adam_args(amsgrad, total, **hyper)
+    adam_step(adam_lists(lists), h, step, skipped)
 
 
 def _assert_same(a_lists, b_lists):

@@ -1,6 +1,6 @@
 """The CUDA adaptive-gradient-clipping kernels (agc.cu: group mode, one-slice units, and
 units of several slices with their second launch) run on the CPU by cudasim
-(tests/cudasim), against the plain-torch reference and gradfast's CPU kernel."""
+(tools/cudasim), against the plain-torch reference and gradfast's CPU kernel."""
 import math
 
 import pytest
@@ -9,7 +9,7 @@ from torch import nn
 
 import gradfast
 from clip_helpers import FLOAT_DTYPES, dtype_id
-from gradfast._norm_kind import norm_kind
+from gradfast._native.norm_kind import norm_kind
 from gradfast.health.agc import _unit_size
 from test_health_agc import clone_params, layer_params, reference_agc_
 

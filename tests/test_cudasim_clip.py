@@ -1,5 +1,5 @@
 """The CUDA clipping kernels (multi_norm, multi_scale, multi_clamp) run on the CPU by
-cudasim (tests/cudasim), against torch: the CUDA code's logic (chunking, alignment peeling,
+cudasim (tools/cudasim), against torch: the CUDA code's logic (chunking, alignment peeling,
 the warp search, per-block partials and the last-block folds, workspace hygiene) checked
 where there is no GPU. On every simulated device, so grids of 2 to 16 blocks all run."""
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clip_helpers import FLOAT_DTYPES, assert_norm_matches, bits, dtype_id
-from gradfast._norm_kind import norm_kind
+from gradfast._native.norm_kind import norm_kind
 
 CHUNK = 1 << 16
 NORMS = (2.0, 1.0, math.inf, -math.inf, 0.0, 3.5)

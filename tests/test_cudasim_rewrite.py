@@ -1,9 +1,11 @@
-"""cudasim's source rewrite (tests/cudasim/rewrite_launches.py): the only change made to
+"""cudasim's source rewrite (tools/cudasim/rewrite_launches.py): the only change made to
 csrc/cuda before the host compiler sees it, so it must keep every launch's kernel, its
 configuration and its arguments exactly."""
 import pytest
 
-from cudasim.rewrite_launches import rewrite
+from sim_device import load_tool
+
+rewrite = load_tool("rewrite_launches").rewrite
 
 
 @pytest.mark.parametrize("src,expected", [

@@ -13,7 +13,6 @@ import sys
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gradfast  # noqa: E402
 from clip_helpers import (  # noqa: E402
@@ -177,7 +176,6 @@ def test_gradfast_follows_torch_thread_setting(restore_threads):
 _PROBE = r"""
 import hashlib, json, math, sys, torch
 import gradfast
-sys.path.insert(0, sys.argv[1])
 from clip_helpers import FLOAT_DTYPES, GradSpec, build, grads_of
 C = gradfast._native.CHUNK_ELEMS
 out = {"isa": gradfast.show_config()["cpu_simd"], "norms": []}
@@ -208,11 +206,12 @@ def _probe(isa):
     if isa is not None:
         env["GRADFAST_CPU_ISA"] = isa
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(gradfast.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [x for x in [env.get("PYTHONPATH")] if x])
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    tests_dir = os.path.dirname(os.path.abspath(__file__))  # clip_helpers
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent, tests_dir]
+                                        + [x for x in [env.get("PYTHONPATH")] if x])
     # cwd outside the source tree: `-c` puts the cwd first on sys.path, and the tests must
     # import the same gradfast as this process (the installed one in CI).
-    proc = subprocess.run([sys.executable, "-c", _PROBE, tests_dir], env=env,
+    proc = subprocess.run([sys.executable, "-c", _PROBE], env=env,
                           cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])

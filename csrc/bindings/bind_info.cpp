@@ -13,7 +13,6 @@ namespace gradfast::bindings {
 
 void bind_info(pybind11::module_& m) {
   m.attr("__version__") = GRADFAST_VERSION;
-  m.attr("CHUNK_ELEMS") = kChunkElems;
 #ifdef GRADFAST_WITH_CUDA
   m.attr("CUDA_COMPILED") = true;
   m.def("cuda_archs", [] { return cuda::compiled_archs(); });

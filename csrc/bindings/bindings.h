@@ -5,6 +5,8 @@
 namespace gradfast::bindings {
 
 void bind_info(pybind11::module_& m);
+void bind_codes(pybind11::module_& m);
+void bind_step(pybind11::module_& m);
 void bind_cpu(pybind11::module_& m);
 void bind_cuda(pybind11::module_& m);
 void bind_adam(pybind11::module_& m);

@@ -5,6 +5,8 @@
 PYBIND11_MODULE(_C, m) {
   m.doc() = "gradfast native core (torch-free): multi-tensor norms, clipping and Adam";
   gradfast::bindings::bind_info(m);
+  gradfast::bindings::bind_codes(m);
+  gradfast::bindings::bind_step(m);
   gradfast::bindings::bind_cpu(m);
   gradfast::bindings::bind_cuda(m);
   gradfast::bindings::bind_adam(m);

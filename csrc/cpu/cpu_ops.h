@@ -40,11 +40,11 @@ struct AdamLists {
 };
 
 // One fused Adam/AdamW step over all tensors: decides on skipping and the clip coefficient
-// from `control` (adam_decide), then for every tensor increments its step, computes its bias
+// from `control` (step_decide), then for every tensor increments its step, computes its bias
 // corrections and updates it in one pass per chunk, chunks spread over the threads. A
 // skipped step changes nothing except *skipped_counter (if given), which is incremented.
 // flags.unscale must be set exactly when control.grad_scale is.
 void adam_step(const AdamLists& lists, DType dt, const AdamHyper& hyper, const AdamFlags& flags,
-               const AdamControl& control, int64_t* skipped_counter, int num_threads);
+               const StepControl& control, int64_t* skipped_counter, int num_threads);
 
 }  // namespace gradfast::cpu

@@ -14,8 +14,8 @@
 namespace gradfast::cpu {
 
 void adam_step(const AdamLists& l, DType dt, const AdamHyper& hyper, const AdamFlags& flags,
-               const AdamControl& control, int64_t* skipped_counter, int num_threads) {
-  const AdamDecision d = adam_decide(control);
+               const StepControl& control, int64_t* skipped_counter, int num_threads) {
+  const StepDecision d = step_decide(control);
   if (d.skip) {
     if (skipped_counter) ++*skipped_counter;
     return;

@@ -43,7 +43,7 @@ size_t adam_workspace_bytes(int64_t n_tensors);
 // One fused step over the group. skipped_counter (device int64, may be null) is incremented
 // when the step is skipped (found_inf, or a non-finite norm with skip_nonfinite).
 void adam_step(const AdamDeviceList& list, DType dt, const AdamHyper& hyper,
-               const AdamFlags& flags, const AdamControl& control, long long* skipped_counter,
+               const AdamFlags& flags, const StepControl& control, long long* skipped_counter,
                void* workspace, int device, intptr_t stream);
 
 // One-launch global-norm clip + Adam step (clip_adam.cu), for a step whose every grad is in
@@ -66,7 +66,7 @@ void adam_step(const AdamDeviceList& list, DType dt, const AdamHyper& hyper,
 int clip_adam_step(const DeviceList& grads, const AdamDeviceList& list, DType dt,
                    NormKind kind, double p, void* norm_workspace, void* total_out,
                    void* coef_out, const AdamHyper& hyper, const AdamFlags& flags,
-                   const AdamControl& control, long long* skipped_counter,
+                   const StepControl& control, long long* skipped_counter,
                    void* adam_workspace, bool cooperative, int device, intptr_t stream);
 
 }  // namespace gradfast::cuda

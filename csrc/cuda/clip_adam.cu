@@ -11,7 +11,7 @@
 //   barrier  cooperative_groups::this_grid().sync(): every block's phase-1 writes (the
 //            total above all) are visible to every block after it.
 //   phase 2  the Adam update of multi_adam.cu (adam_tile.cuh: the same per-element
-//            adam_element, the same step-count protocol, the same adam_decide), reading the
+//            adam_element, the same step-count protocol, the same step_decide), reading the
 //            total written in phase 1. Instead of one block per tile, each block walks tiles
 //            in a grid-stride loop, in DECREASING tile order: block b takes tiles
 //            n_tiles-1-b, n_tiles-1-b-G, ... Phase 1's grid-stride loop over chunks reads
@@ -58,7 +58,7 @@ struct ClipAdamArgs {
   int64_t n_tiles;
   AdamHyper h;
   AdamFlags f;
-  AdamControl c;        // total_dtype: T's code; total_norm: phase 2 reads norm.total_out
+  StepControl c;        // total_dtype: T's code; total_norm: phase 2 reads norm.total_out
   long long* skipped;
   unsigned int* counters;
 };
@@ -94,13 +94,13 @@ __global__ void __launch_bounds__(kClipAdamThreads) clip_adam_kernel(ClipAdamArg
   __shared__ AdamTile tile_sh;
   __shared__ bool skip_sh;
   __shared__ float step_sh;
-  AdamDecision d;  // thread 0's
+  StepDecision d;  // thread 0's
   if (threadIdx.x == 0) {
-    // The total through a local copy read from L2: adam_decide reads through the pointer.
+    // The total through a local copy read from L2: step_decide reads through the pointer.
     const T total = load_l2(a.norm.total_out);
-    AdamControl c = a.c;
+    StepControl c = a.c;
     c.total_norm = &total;  // c.total_dtype is the grads' dtype (set by clip_adam_step)
-    d = adam_decide(c);
+    d = step_decide(c);
     skip_sh = d.skip;
     if (d.skip && blockIdx.x == 0 && a.skipped) ++*a.skipped;
   }
@@ -133,7 +133,7 @@ __global__ void __launch_bounds__(kClipAdamThreads) clip_adam_kernel(ClipAdamArg
 template <NormKind K, typename T>
 bool launch_clip_adam(const DeviceList& grads, const AdamDeviceList& list, double p,
                       void* norm_ws, void* total_out, void* coef_out, const AdamHyper& hyper,
-                      const AdamFlags& flags, const AdamControl& control, long long* skipped,
+                      const AdamFlags& flags, const StepControl& control, long long* skipped,
                       void* adam_ws, int device, cudaStream_t stream) {
   ClipAdamArgs<T> a;
   // The clip coefficient of phase 1 uses control.max_norm, as a multi_norm call would.
@@ -167,7 +167,7 @@ bool launch_clip_adam(const DeviceList& grads, const AdamDeviceList& list, doubl
 int clip_adam_step(const DeviceList& grads, const AdamDeviceList& list, DType dt,
                    NormKind kind, double p, void* norm_workspace, void* total_out,
                    void* coef_out, const AdamHyper& hyper, const AdamFlags& flags,
-                   const AdamControl& control, long long* skipped_counter,
+                   const StepControl& control, long long* skipped_counter,
                    void* adam_workspace, bool cooperative, int device, intptr_t stream) {
   if (norm_workspace == nullptr || adam_workspace == nullptr || total_out == nullptr)
     throw std::invalid_argument("gradfast clip_adam_step: workspaces and total_out are required");
@@ -180,7 +180,7 @@ int clip_adam_step(const DeviceList& grads, const AdamDeviceList& list, DType dt
       (int)dt > (int)DType::BFloat16)
     throw std::invalid_argument("gradfast clip_adam_step: unknown dtype or norm kind");
   // Both paths read the total that their norm writes, in the grads' dtype.
-  AdamControl c = control;
+  StepControl c = control;
   c.total_norm = total_out;
   c.total_dtype = (int)dt;
   {

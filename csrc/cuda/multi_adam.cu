@@ -20,13 +20,13 @@ constexpr int kAdamThreads = 256;
 template <typename T>
 __global__ void __launch_bounds__(kAdamThreads)
 adam_kernel(const int64_t* __restrict__ meta, int64_t n, AdamHyper h, AdamFlags f,
-            AdamControl c, long long* skipped, unsigned int* counters) {
+            StepControl c, long long* skipped, unsigned int* counters) {
   __shared__ AdamScalars s_sh;
   __shared__ AdamTile tile_sh;
   __shared__ bool skip_sh;
   __shared__ float step_sh;
   if (threadIdx.x == 0) {
-    const AdamDecision d = adam_decide(c);
+    const StepDecision d = step_decide(c);
     skip_sh = d.skip;
     if (d.skip && blockIdx.x == 0 && skipped) ++*skipped;
     if (!d.skip) {
@@ -56,7 +56,7 @@ size_t adam_workspace_bytes(int64_t n_tensors) {
 }
 
 void adam_step(const AdamDeviceList& list, DType dt, const AdamHyper& hyper,
-               const AdamFlags& flags, const AdamControl& control, long long* skipped_counter,
+               const AdamFlags& flags, const StepControl& control, long long* skipped_counter,
                void* workspace, int device, intptr_t stream) {
   if (list.n == 0 || list.n_tiles == 0) return;
   DeviceGuard guard(device);

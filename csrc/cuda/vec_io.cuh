@@ -43,7 +43,7 @@ __device__ __forceinline__ void store_vec(Vec16<T>* p, const Vec16<T>& v) {
 // and a NaN stays a NaN.
 template <typename T>
 __device__ __forceinline__ math_t<T> load_math(T x) { return load_as_float(x); }
-#if !defined(GRADFAST_CUDA_SIM)  // tests/cudasim runs this on the CPU: no PTX there
+#if !defined(GRADFAST_CUDA_SIM)  // tools/cudasim runs this on the CPU: no PTX there
 template <>
 __device__ __forceinline__ float load_math<Half>(Half x) {
   float f;

@@ -18,10 +18,10 @@ from typing import Iterable, List, Optional, Tuple, Union
 
 import torch
 
-from .._kernels import group_agc_cuda
-from .._native import _C, CUDA_COMPILED, DTYPE_CODES
-from .._norm_kind import norm_kind, parse_norm_type
-from .._tensor_lists import group_by_device_dtype, has_duplicates, native_supported
+from .._native.agc import group_agc
+from .._native.library import CUDA_COMPILED
+from .._native.norm_kind import norm_kind, parse_norm_type
+from .._native.support import group_by_device_dtype, native_supported
 
 __all__ = ["adaptive_clip_grad_"]
 
@@ -120,23 +120,12 @@ def adaptive_clip_grad_(
     if native:
         for (device, dtype), idx in group_by_device_dtype([g for _, g, _ in native]).items():
             group = [native[i] for i in idx]
-            if device.type == "cuda":
-                clipped = group_agc_cuda([w for w, _, _ in group], [g for _, g, _ in group],
-                                         [u for _, _, u in group], kind, p, clip_factor, eps)
-                if clipped is None:  # a gradient listed twice: torch's ops, in order
-                    other += [(w, g) for w, g, _ in group]
-                else:
-                    counts.append(clipped.to(first_device))
-                continue
-            gptrs, numels = [g.data_ptr() for _, g, _ in group], [g.numel() for _, g, _ in group]
-            if has_duplicates(gptrs, numels):  # the threads would race on it: torch's ops
+            clipped = group_agc([w for w, _, _ in group], [g for _, g, _ in group],
+                                [u for _, _, u in group], kind, p, clip_factor, eps)
+            if clipped is None:  # a gradient listed twice: torch's ops, in order
                 other += [(w, g) for w, g, _ in group]
-                continue
-            clipped = torch.zeros((), dtype=torch.int64)
-            _C.cpu_agc([w.data_ptr() for w, _, _ in group], gptrs, numels, [u for _, _, u in group],
-                       DTYPE_CODES[dtype], kind, p, clip_factor, eps, clipped.data_ptr(),
-                       torch.get_num_threads())
-            counts.append(clipped.to(first_device))
+            else:
+                counts.append(clipped.to(first_device))
     if other:
         counts.append(_agc_torch([w for w, _ in other], [g for _, g in other], clip_factor,
                                  eps, p).to(first_device))

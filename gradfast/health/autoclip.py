@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, Optional, Union
 
 import torch
 
-from .._norm_kind import parse_norm_type
+from .._native.norm_kind import parse_norm_type
 from ..clip import _coef_from_total, _scale_by_coef
 from .norms import norms_of
 

@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .._norm_kind import parse_norm_type
+from .._native.norm_kind import parse_norm_type
 from .norms import grad_norms
 
 __all__ = ["GradMonitor", "GradEvent", "GradientHealthWarning"]

@@ -13,8 +13,9 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 
 from .. import _torch_fallback
-from .._norm_kind import norm_kind, parse_norm_type
-from ..clip import _check_empty, _native_ok, _norms
+from .._native.norm import total_norm
+from .._native.norm_kind import check_empty, norm_kind, parse_norm_type
+from .._native.support import all_native_supported
 
 __all__ = ["grad_norms", "norms_of", "aligned_per_tensor"]
 
@@ -37,9 +38,10 @@ def norms_of(
     pass and the same results as gradfast.get_total_norm); otherwise torch's own per-tensor
     norms. Never synchronises with a device.
     """
-    if norm_kind(p) is not None and _native_ok(tensors):
-        _check_empty(tensors, p)
-        total, _, groups = _norms(tensors, p, 1.0)
+    kind = norm_kind(p)
+    if kind is not None and all_native_supported(tensors):
+        check_empty(tensors, p)
+        total, _, groups = total_norm(tensors, p, kind, 1.0)
         return total, groups
     total, per_tensor = _torch_fallback.norms(tensors, p)
     device = tensors[0].device

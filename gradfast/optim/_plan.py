@@ -2,20 +2,25 @@
 
 A training loop calls step() thousands of times with the same parameters, the same state
 tensors and gradients of the same layout; only the gradient tensors (and perhaps their
-addresses) change. The first step of a group goes through Adam._init_group, which checks
-and normalises everything per parameter; the plan keeps what that produced (the state
-tensors, their raw pointers, the device/dtype split) so later steps re-check only what can
-change, with one list comprehension per check: which parameters have a gradient, the
-gradients' type, dtype, device and strides, the identity of the state tensors and the
+addresses) change. The first step of a group goes through the optimizer's _init_group,
+which checks and normalises everything per parameter; the plan keeps what that produced
+(the state tensors, their raw pointers, the device/dtype split) so later steps re-check only
+what can change, with one list comprehension per check: which parameters have a gradient,
+the gradients' type, dtype, device and strides, the identity of the state tensors and the
 parameters' addresses. Any difference sends the step back through _init_group, which
 builds a new plan.
+
+Generic over the optimizer: its lists are (params, grads, *state lists), and state_keys
+names the state entry each state list holds (an empty list: a state the group does not
+use, such as max_exp_avg_sq without amsgrad). shape is what of the group decides which
+lists exist (e.g. {"amsgrad": False}); a change of it rebuilds the plan.
 
 Measured on 2 CPU cores, 256 parameters with gradients: the per-parameter host cost of a
 step goes from about 3 us to about 1 us.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -25,39 +30,34 @@ _STRIDED = torch.strided
 
 
 class GroupPlan:
-    __slots__ = ("group", "params_list", "params_all", "mask", "all_have_grads", "params",
-                 "states", "exp_avgs", "exp_avg_sqs", "max_sqs", "steps", "dtypes",
-                 "strides", "devices", "cuda", "p_ptrs", "host", "split", "amsgrad")
-
-    # The state of the parameters, the device/dtype split and the host pointers, as
-    # Adam._init_group and adam._split produced them for the grads of that step.
+    __slots__ = ("group", "params_list", "params_all", "mask", "all_have_grads", "lists",
+                 "states", "state_checks", "shape", "dtypes", "strides", "devices", "cuda",
+                 "p_ptrs", "host", "split")
 
     def __init__(self, group: Dict, grads_all: List[Optional[Tensor]], lists, states,
-                 split) -> None:
-        params, _, exp_avgs, exp_avg_sqs, max_sqs, steps = lists
+                 state_keys: Sequence[str], shape: Dict[str, Any], split) -> None:
+        params = lists[0]
         self.group = group
         self.params_list = group["params"]
         self.params_all = list(group["params"])
         self.mask = [g is not None for g in grads_all]
         self.all_have_grads = all(self.mask)
-        self.params = params
+        self.lists = lists
         self.states = states
-        self.exp_avgs, self.exp_avg_sqs = exp_avgs, exp_avg_sqs
-        self.max_sqs, self.steps = max_sqs, steps
-        self.amsgrad = bool(group["amsgrad"])
+        self.state_checks = [(key, lst) for key, lst in zip(state_keys, lists[2:]) if lst]
+        self.shape = dict(shape)
         self.dtypes = [p.dtype for p in params]
         self.strides = [p.stride() for p in params]
         self.devices = [p.get_device() for p in params]
         self.cuda = params[0].is_cuda
         self.p_ptrs = [p.data_ptr() for p in params]
-        # Raw pointers of everything but the grads, for the CPU entry point (the parameters'
-        # are p_ptrs, which grads_if_valid checks every step).
+        # Raw pointers of everything but the grads, for the CPU entry points: the
+        # parameters' (p_ptrs, which grads_if_valid checks every step), each state list's,
+        # then the element counts.
         self.host = None
         if not self.cuda:
-            self.host = (self.p_ptrs, [t.data_ptr() for t in exp_avgs],
-                         [t.data_ptr() for t in exp_avg_sqs],
-                         [t.data_ptr() for t in max_sqs] if self.amsgrad else [],
-                         [t.data_ptr() for t in steps], [p.numel() for p in params])
+            self.host = (self.p_ptrs, *[[t.data_ptr() for t in lst] for lst in lists[2:]],
+                         [p.numel() for p in params])
         self.split = split
 
     def grads_if_valid(self, group: Dict, params_list: List[Tensor],
@@ -65,7 +65,7 @@ class GroupPlan:
         """This step's gradients when the plan still describes the group, else None."""
         if (group is not self.group or params_list is not self.params_list
                 or len(params_list) != len(self.params_all)
-                or bool(group["amsgrad"]) != self.amsgrad
+                or any(group[k] != v for k, v in self.shape.items())
                 or not all([a is b for a, b in zip(params_list, self.params_all)])):
             return None
         if self.all_have_grads:
@@ -88,18 +88,16 @@ class GroupPlan:
                       for g, d, s in zip(grads, self.dtypes, self.strides)])
         if not ok:
             return None
-        if not all([state.get(p) is st for p, st in zip(self.params, self.states)]):
+        params = self.lists[0]
+        if not all([state.get(p) is st for p, st in zip(params, self.states)]):
             return None  # a parameter's state dict was replaced
-        amsgrad = self.amsgrad
-        if not all([st.get("step") is s and st.get("exp_avg") is m and st.get("exp_avg_sq") is v
-                    and (not amsgrad or st.get("max_exp_avg_sq") is x)
-                    for st, s, m, v, x in zip(self.states, self.steps, self.exp_avgs,
-                                              self.exp_avg_sqs,
-                                              self.max_sqs if amsgrad else self.steps)]):
-            return None
-        if [p.data_ptr() for p in self.params] != self.p_ptrs:
+        for key, lst in self.state_checks:
+            if not all([st.get(key) is t for st, t in zip(self.states, lst)]):
+                return None
+        if [p.data_ptr() for p in params] != self.p_ptrs:
             return None
         return grads
 
-    def lists(self, grads: List[Tensor]) -> Tuple[List[Tensor], ...]:
-        return (self.params, grads, self.exp_avgs, self.exp_avg_sqs, self.max_sqs, self.steps)
+    def lists_for(self, grads: List[Tensor]):
+        """The plan's lists with this step's grads."""
+        return self.lists._replace(grads=grads)

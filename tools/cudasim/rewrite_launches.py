@@ -5,7 +5,7 @@
     cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), ...)
         -> cudaLaunchCooperativeKernel(kernel, ...)   (cudasim needs the kernel's type)
 
-Everything else compiles as written, against tests/cudasim/include. A `#line` directive
+Everything else compiles as written, against tools/cudasim/include. A `#line` directive
 keeps compiler messages and debuggers pointing at the original file.
 
 Usage: rewrite_launches.py IN.cu OUT.cpp

@@ -1,5 +1,5 @@
-# Tests only (-DGRADFAST_CUDA_SIM=ON, driven by tests/cudasim/build.py): csrc/cuda compiled
-# by the host compiler against tests/cudasim's runtime, into the same _C module as the CPU
+# Tests only (-DGRADFAST_CUDA_SIM=ON, driven by tools/cudasim/build.py): csrc/cuda compiled
+# by the host compiler against tools/cudasim's runtime, into the same _C module as the CPU
 # kernels, so the CUDA entry points run on the CPU where no GPU is.
 set(GF_SIM_DIR ${CMAKE_CURRENT_LIST_DIR})
 file(GLOB GF_SIM_CU CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/csrc/cuda/*.cu)

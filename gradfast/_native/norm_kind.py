@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import math
 
-L2, L1, INF, NEG_INF, L0, LP = range(6)
+from .library import _C
+
+# The core's NormKind codes, as plain ints (what the entry points and custom ops take).
+_KINDS = {name: int(kind) for name, kind in _C.NormKind.__members__.items()}
+L2, L1, INF, NEG_INF, L0, LP = (_KINDS[n] for n in ("L2", "L1", "Inf", "NegInf", "L0", "Lp"))
 
 
 def parse_norm_type(norm_type) -> float:
@@ -35,3 +39,9 @@ def empty_tensor_error(p: float) -> str:
                 "the operation does not have an identity")
     return ("linalg.vector_norm cannot compute the -inf norm on an empty tensor because "
             "the operation does not have an identity")
+
+
+def check_empty(tensors, p: float) -> None:
+    """torch's error for an infinity norm over a list holding an empty tensor."""
+    if p in (math.inf, -math.inf) and any(t.numel() == 0 for t in tensors):
+        raise RuntimeError(empty_tensor_error(p))
