@@ -1,5 +1,6 @@
 """`python -m gradfast.bench` end to end on a tiny subset, and its correctness checks."""
 import glob
+import importlib.util
 import json
 import os
 import subprocess
@@ -28,13 +29,16 @@ def test_bench_quick_subset_writes_outputs_and_checks_pass(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env_for_subprocess(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for ext in ("json", "md", "png"):
+    # The PNG needs the bench extra (matplotlib); without it, the test below.
+    with_plot = importlib.util.find_spec("matplotlib") is not None
+    for ext in ("json", "md", "png") if with_plot else ("json", "md"):
         files = glob.glob(str(out / f"gradfast-bench-cpu-*.{ext}"))
         assert len(files) == 1, (ext, os.listdir(out))
         assert os.path.getsize(files[0]) > 0
         assert files[0] in proc.stdout  # where each output went is printed
-    with open(glob.glob(str(out / "*.png"))[0], "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    if with_plot:
+        with open(glob.glob(str(out / "*.png"))[0], "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     doc = json.load(open(glob.glob(str(out / "*.json"))[0]))
     env = doc["environment"]
     assert env["torch"] == torch.__version__
@@ -106,3 +110,44 @@ def test_workload_shapes():
     assert (w["gpt2_small"].n_tensors, w["gpt2_small"].n_elems) == (148, 124_439_808)
     assert w["many_small"].n_tensors == 2000 and 19e6 < w["many_small"].n_elems < 21e6
     assert 0.95e9 < w["gpt_1b"].n_elems < 1.1e9
+
+
+# Made unimportable in the child: sys.modules[name] = None is how Python marks a module
+# that must not be imported (`import matplotlib` then raises ImportError).
+_WITHOUT_BENCH_EXTRA = """
+import runpy, sys
+for name in ("matplotlib", "matplotlib.pyplot", "tqdm"):
+    sys.modules[name] = None
+sys.argv = ["gradfast.bench"] + sys.argv[1:]
+runpy.run_module("gradfast.bench", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_bench_without_matplotlib_or_tqdm_reports_and_says_how_to_get_the_png(tmp_path):
+    out = tmp_path / "results"
+    cmd = [sys.executable, "-c", _WITHOUT_BENCH_EXTRA, "--device", "cpu", "--quick",
+           "--workloads", "small_lstm", "--dtype", "fp32", "--pipelines", "clip",
+           "--repeats", "2", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env_for_subprocess(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not glob.glob(str(out / "*.png"))
+    json_files = glob.glob(str(out / "gradfast-bench-cpu-*.json"))
+    assert len(json_files) == 1 and json_files[0] in proc.stdout
+    doc = json.load(open(json_files[0]))
+    assert doc["check_summary"] == {"passed": 1, "failed": 0, "skipped": 0}
+    assert "clip_grad_norm_" in proc.stdout and "small_lstm" in proc.stdout  # the table
+    assert "PNG plot: not written: matplotlib is not installed" in proc.stdout
+    assert 'pip install "gradfast[bench]"' in proc.stdout
+    md = open(glob.glob(str(out / "*.md"))[0]).read()
+    assert ".png" not in md  # no link to a plot that was not written
+
+
+def test_write_png_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
+    from gradfast.bench import report
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    why = report.write_png(str(tmp_path / "x.png"), {"results": []})
+    assert why is not None and "gradfast[bench]" in why
+    assert not (tmp_path / "x.png").exists()

@@ -230,7 +230,9 @@ def write_png(path: str, doc: Doc) -> Optional[str]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        return f"matplotlib is not installed ({exc}); pip install matplotlib"
+        return (f"matplotlib is not installed ({exc}); for the PNG, install gradfast's bench "
+                f"extra: pip install \"gradfast[bench]\" (from a checkout: pip install -e "
+                f"\".[bench]\")")
     timed = [r for r in doc["results"] if r.get("speedup") is not None]
     if not timed:
         return "no pipeline was timed"
