@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
 from .. import _torch_fallback
+from .._native import norm as native_norm
 from .._native.norm import total_norm
 from .._native.norm_kind import check_empty, norm_kind, parse_norm_type
 from .._native.library import DTYPE_CODES
@@ -277,7 +278,10 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _distributed(self) -> bool:
         return self._gf_dtensor or self._gf_pp_mesh is not None
 
-    def _global_norm(self, grads: List[Tensor], norm_type: float) -> Tensor:
+    def _global_norm(self, grads: List[Tensor], norm_type: float,
+                     one_group: bool = False) -> Tensor:
+        """one_group: the grads are known to be one (device, dtype) group (the work items'
+        splits say so), which spares the grouping scan over every grad."""
         if self._distributed():
             # Over every rank (and pipeline stage): one all-reduce of the local partials,
             # which the clip family computes from the parameters' own (DTensor) grads.
@@ -287,6 +291,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         if kind is None:
             return _torch_fallback.total_norm(grads, norm_type)
         check_empty(grads, norm_type)
+        if one_group:
+            return native_norm.norm(grads, norm_type, kind, 1.0)[0]
         return total_norm(grads, norm_type, kind, 1.0)[0]
 
     def _skipped_counter(self, device: torch.device) -> Tensor:
@@ -348,7 +354,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             if fallback_params and not distributed:  # torch's norm takes what the kernels cannot
                 total = norms_of(all_grads, next(iter(norm_types)))[0]
             elif fused_kind is None:
-                total = self._global_norm(all_grads, next(iter(norm_types)))
+                total = self._global_norm(all_grads, next(iter(norm_types)),
+                                          len(work) == 1 and len(work[0].split) == 1)
             else:
                 check_empty(all_grads, next(iter(norm_types)))
         if total is not None:

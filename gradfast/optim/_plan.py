@@ -31,7 +31,7 @@ _STRIDED = torch.strided
 
 class GroupPlan:
     __slots__ = ("group", "params_list", "params_all", "mask", "all_have_grads", "lists",
-                 "states", "state_checks", "shape", "dtypes", "strides", "devices", "cuda",
+                 "states", "state_keys", "state_lists", "same_state", "shape", "dtypes", "strides", "devices", "cuda",
                  "p_ptrs", "host", "split")
 
     def __init__(self, group: Dict, grads_all: List[Optional[Tensor]], lists, states,
@@ -44,7 +44,10 @@ class GroupPlan:
         self.all_have_grads = all(self.mask)
         self.lists = lists
         self.states = states
-        self.state_checks = [(key, lst) for key, lst in zip(state_keys, lists[2:]) if lst]
+        checks = [(key, lst) for key, lst in zip(state_keys, lists[2:]) if lst]
+        self.state_keys = tuple(key for key, _ in checks)
+        self.state_lists = tuple(lst for _, lst in checks)
+        self.same_state = _identity_check(len(checks))
         self.shape = dict(shape)
         self.dtypes = [p.dtype for p in params]
         self.strides = [p.stride() for p in params]
@@ -91,9 +94,8 @@ class GroupPlan:
         params = self.lists[0]
         if not all([state.get(p) is st for p, st in zip(params, self.states)]):
             return None  # a parameter's state dict was replaced
-        for key, lst in self.state_checks:
-            if not all([st.get(key) is t for st, t in zip(self.states, lst)]):
-                return None
+        if not self.same_state(self.states, self.state_keys, self.state_lists):
+            return None  # a state tensor was replaced
         if [p.data_ptr() for p in params] != self.p_ptrs:
             return None
         return grads
@@ -101,3 +103,37 @@ class GroupPlan:
     def lists_for(self, grads: List[Tensor]):
         """The plan's lists with this step's grads."""
         return self.lists._replace(grads=grads)
+
+
+def _identity_check(n_keys: int):
+    """check(states, keys, lists): whether states[i][keys[k]] is lists[k][i] for every i
+    and k, in ONE comprehension for up to four keys (a step pays this per parameter, and
+    one comprehension per key costs about twice as much)."""
+    if n_keys == 0:
+        return lambda states, keys, lists: True
+    if n_keys == 1:
+        return lambda states, keys, lists: all(
+            [st.get(keys[0]) is a for st, a in zip(states, lists[0])])
+    if n_keys == 2:
+        def check2(states, keys, lists):
+            k0, k1 = keys
+            return all([st.get(k0) is a and st.get(k1) is b
+                        for st, a, b in zip(states, *lists)])
+        return check2
+    if n_keys == 3:
+        def check3(states, keys, lists):
+            k0, k1, k2 = keys
+            return all([st.get(k0) is a and st.get(k1) is b and st.get(k2) is c
+                        for st, a, b, c in zip(states, *lists)])
+        return check3
+    if n_keys == 4:
+        def check4(states, keys, lists):
+            k0, k1, k2, k3 = keys
+            return all([st.get(k0) is a and st.get(k1) is b and st.get(k2) is c
+                        and st.get(k3) is d for st, a, b, c, d in zip(states, *lists)])
+        return check4
+
+    def check_any(states, keys, lists):
+        return all([all([st.get(k) is t for k, t in zip(keys, ts)])
+                    for st, *ts in zip(states, *lists)])
+    return check_any
