@@ -10,7 +10,7 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
-from .group import DeviceTable, TensorGroup, bump_versions, cached_table
+from .group import DeviceTable, TensorGroup, bump_versions
 from .op import NativeOp
 from .step import STEP_SCHEMA, StepArgs, control, ptr
 
@@ -70,19 +70,7 @@ class AdamGroup(TensorGroup):
                 (lists.params, lists.grads, lists.exp_avgs, lists.exp_avg_sqs)]
         rows.append([t.data_ptr() for t in lists.max_exp_avg_sqs] or [0] * n)
         rows.append([t.data_ptr() for t in lists.steps])
-        numels = self.numels
-        key = ("adam", id(self.backend), self.index, tuple(map(tuple, rows)), tuple(numels))
-
-        def build() -> DeviceTable:
-            tile = self.lib.ADAM_TILE_ELEMS
-            first = [0]
-            for k in numels:
-                first.append(first[-1] + max(1, -(-k // tile)))
-            flat = [x for row in rows for x in row]
-            meta = self.backend.upload(flat + numels + first, self.device)
-            return DeviceTable(meta, (n, first[-1]))
-
-        return cached_table(key, build)
+        return self.tile_table("adam", rows, self.lib.ADAM_TILE_ELEMS)
 
     def adam_workspace(self, stream: int, n: int) -> torch.Tensor:
         return self.workspace("adam", stream, self.lib.cuda_adam_workspace_bytes(n), 1 << 12)

@@ -136,6 +136,24 @@ class TensorGroup:
 
         return cached_table(key, build)
 
+    def tile_table(self, kind: str, rows: List[List[int]], tile: int) -> DeviceTable:
+        """The table of the fused optimizer kernels (csrc/cuda/adam_cuda.h, sgd_cuda.h):
+        the pointer rows (n entries each), the element counts, then n+1 first-tile offsets
+        (every tensor owns at least one tile of `tile` elements), cached; counts are
+        (n, tiles)."""
+        numels = self.numels
+        key = (kind, id(self.backend), self.index, tuple(map(tuple, rows)), tuple(numels))
+
+        def build() -> DeviceTable:
+            first = [0]
+            for k in numels:
+                first.append(first[-1] + max(1, -(-k // tile)))
+            flat = [x for row in rows for x in row]
+            meta = self.backend.upload(flat + numels + first, self.device)
+            return DeviceTable(meta, (len(numels), first[-1]))
+
+        return cached_table(key, build)
+
     def new(self, shape, dtype=None) -> torch.Tensor:
         """An uninitialised output on the group's device (the kernels write every element)."""
         return torch.empty(shape, dtype=dtype or self.dtype, device=self.device)

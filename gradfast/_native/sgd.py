@@ -10,7 +10,7 @@ from typing import List, NamedTuple, Optional
 
 import torch
 
-from .group import DeviceTable, TensorGroup, bump_versions, cached_table
+from .group import DeviceTable, TensorGroup, bump_versions
 from .op import NativeOp
 from .step import STEP_SCHEMA, StepArgs, control, ptr
 
@@ -68,19 +68,7 @@ class SgdGroup(TensorGroup):
         rows = [[t.data_ptr() for t in lst] for lst in (lists.params, lists.grads)]
         rows.append([t.data_ptr() for t in lists.momentum_buffers] or [0] * n)
         rows.append([t.data_ptr() for t in lists.first_flags] or [0] * n)
-        numels = self.numels
-        key = ("sgd", id(self.backend), self.index, tuple(map(tuple, rows)), tuple(numels))
-
-        def build() -> DeviceTable:
-            tile = self.lib.SGD_TILE_ELEMS
-            first = [0]
-            for k in numels:
-                first.append(first[-1] + max(1, -(-k // tile)))
-            flat = [x for row in rows for x in row]
-            meta = self.backend.upload(flat + numels + first, self.device)
-            return DeviceTable(meta, (n, first[-1]))
-
-        return cached_table(key, build)
+        return self.tile_table("sgd", rows, self.lib.SGD_TILE_ELEMS)
 
     def sgd_workspace(self, stream: int, n: int) -> torch.Tensor:
         return self.workspace("sgd", stream, self.lib.cuda_sgd_workspace_bytes(n), 1 << 12)
