@@ -26,7 +26,7 @@ from .._native.norm_kind import check_empty, norm_kind, parse_norm_type
 from .._native.library import DTYPE_CODES
 from .._native.op import compiling
 from .._native.step import StepArgs
-from .._native.support import is_dense
+from .._native.support import is_dense, native_supported
 from ..health.checkpoint import pack_thresholds, unpack_thresholds
 from ..health.norms import aligned_per_tensor, norms_of
 from ._validation import EXTRA_DEFAULTS
@@ -83,6 +83,23 @@ def on_device(cache: Dict, t: Optional[Tensor], device: torch.device,
             hit = hit.reshape(())
         cache[device] = hit
     return hit
+
+
+def kernel_grad(optimizer_name: str, p: Tensor, g: Tensor, grad_copies: List) -> Tensor:
+    """g as the kernels read it: of p's dtype and device (else torch-style RuntimeError) and
+    in p's memory order, since the kernels walk p, its grad and its state in one order; a
+    grad of other strides (or a subclass) is copied densely, and the (grad, copy) pair
+    remembered in grad_copies (GradScaler's unscaled values are written back to it)."""
+    if g.dtype != p.dtype or g.device != p.device:
+        raise RuntimeError(
+            f"{optimizer_name}: a gradient of dtype {g.dtype} on {g.device} for a parameter "
+            f"of dtype {p.dtype} on {p.device}")
+    if g.stride() != p.stride() or (type(g) is not torch.Tensor and not native_supported(g)):
+        copy = torch.empty_like(p)
+        copy.copy_(g)
+        grad_copies.append((g, copy))
+        return copy
+    return g
 
 
 def is_threshold_object(max_norm) -> bool:

@@ -84,7 +84,8 @@ from .._native.op import compiling
 from .._native.step import StepArgs
 from .._native.support import is_dense, native_supported, split
 from ._fallback import fallback_adam
-from ._fused import _PLAIN, FusedOptimizer, WorkItem, dist_plan, dist_step, is_threshold_object
+from ._fused import (_PLAIN, FusedOptimizer, WorkItem, dist_plan, dist_step, is_threshold_object,
+                     kernel_grad)
 from ._plan import GroupPlan
 from ._validation import check_adam_args, check_extras, check_fused_flags
 
@@ -231,17 +232,7 @@ class Adam(FusedOptimizer):
                 self._normalise_state(p, state, amsgrad)
                 checked[p] = (state["step"], state["exp_avg"], state["exp_avg_sq"],
                               state["max_exp_avg_sq"] if amsgrad else None, p.data_ptr())
-            if g.dtype != p.dtype or g.device != p.device:
-                raise RuntimeError(
-                    f"gradfast.optim.{type(self).__name__}: a gradient of dtype {g.dtype} on "
-                    f"{g.device} for a parameter of dtype {p.dtype} on {p.device}")
-            if g.stride() != p.stride() or (type(g) is not torch.Tensor
-                                            and not native_supported(g)):
-                # The kernels walk p, grad and the moments in one memory order.
-                copy = torch.empty_like(p)
-                copy.copy_(g)
-                grad_copies.append((g, copy))
-                g = copy
+            g = kernel_grad(f"gradfast.optim.{type(self).__name__}", p, g, grad_copies)
             params.append(p)
             grads.append(g)
             exp_avgs.append(state["exp_avg"])

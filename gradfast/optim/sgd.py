@@ -54,7 +54,7 @@ from .._native import sgd as _sgd
 from .._native.op import compiling
 from .._native.step import StepArgs
 from .._native.support import native_supported, split
-from ._fused import FusedOptimizer, WorkItem
+from ._fused import FusedOptimizer, WorkItem, kernel_grad
 from ._plan import GroupPlan
 from ._validation import check_extras, check_fused_flags, check_sgd_args, check_sgd_nesterov
 
@@ -191,17 +191,7 @@ class SGD(FusedOptimizer):
                     buf = self._normalise_buffer(p, buf)
                     self.state[p]["momentum_buffer"] = buf
                 checked[p] = (buf, p.data_ptr())
-            if g.dtype != p.dtype or g.device != p.device:
-                raise RuntimeError(
-                    f"gradfast.optim.SGD: a gradient of dtype {g.dtype} on {g.device} for a "
-                    f"parameter of dtype {p.dtype} on {p.device}")
-            if g.stride() != p.stride() or (type(g) is not torch.Tensor
-                                            and not native_supported(g)):
-                # The kernels walk p, grad and the buffer in one memory order.
-                copy = torch.empty_like(p)
-                copy.copy_(g)
-                grad_copies.append((g, copy))
-                g = copy
+            g = kernel_grad(f"gradfast.optim.{type(self).__name__}", p, g, grad_copies)
             params.append(p)
             grads.append(g)
             if momentum:
