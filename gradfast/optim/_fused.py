@@ -269,6 +269,17 @@ class FusedOptimizer(torch.optim.Optimizer):
         None, skipped: the skipped-step counter to increment on a skip (None: counted)."""
         raise NotImplementedError
 
+    def _planned_work(self, group, params_list, grads_all, use_plans: bool) -> Optional[WorkItem]:
+        """The group's work item from its step plan (_plan.py) when the plan still describes
+        the group; otherwise the plan is dropped and None returned (the caller rebuilds)."""
+        plan = self._plans.get(id(group)) if use_plans else None
+        if plan is not None:
+            grads = plan.grads_if_valid(group, params_list, grads_all, self.state)
+            if grads is not None:
+                return WorkItem(group, plan.lists_for(grads), [], plan.split, plan.host)
+        self._plans.pop(id(group), None)
+        return None
+
     def _fused_norm_kind(self, work: List[WorkItem], norm_types: set) -> Optional[int]:
         """A NormKind when the update computes the global norm in its own launch (Adam's
         opt-in one-launch step); None: the norm is computed first, by the norm kernel."""

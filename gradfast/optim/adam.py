@@ -267,12 +267,9 @@ class Adam(FusedOptimizer):
     def _group_work(self, group, use_plans: bool) -> Optional[WorkItem]:
         params_list = group["params"]
         grads_all = [p.grad for p in params_list]
-        plan = self._plans.get(id(group)) if use_plans else None
-        if plan is not None:
-            grads = plan.grads_if_valid(group, params_list, grads_all, self.state)
-            if grads is not None:
-                return WorkItem(group, plan.lists_for(grads), [], plan.split, plan.host)
-        self._plans.pop(id(group), None)
+        planned = self._planned_work(group, params_list, grads_all, use_plans)
+        if planned is not None:
+            return planned
         # Six separate list arguments: torch.compile runs an optimizer's _init_group eagerly
         # and carries over what it appended only to list arguments (dynamo's OptimizerVariable).
         lists = [], [], [], [], [], []

@@ -228,12 +228,9 @@ class SGD(FusedOptimizer):
     def _group_work(self, group, use_plans: bool) -> Optional[WorkItem]:
         params_list = group["params"]
         grads_all = [p.grad for p in params_list]
-        plan = self._plans.get(id(group)) if use_plans else None
-        if plan is not None:
-            grads = plan.grads_if_valid(group, params_list, grads_all, self.state)
-            if grads is not None:
-                return WorkItem(group, plan.lists_for(grads), [], plan.split, plan.host)
-        self._plans.pop(id(group), None)
+        planned = self._planned_work(group, params_list, grads_all, use_plans)
+        if planned is not None:
+            return planned
         copies: List[Tuple[Tensor, Tensor]] = []
         lists = self._collect(group, copies)
         if not lists.params:
