@@ -148,16 +148,15 @@ class SGD(FusedOptimizer):
 
     # ---- state -------------------------------------------------------------------------
 
-    def _collect(self, group, grad_copies) -> _sgd.SgdLists:
-        """The group's lists for this step (params with a grad), state created and checked.
+    def _init_group(self, group, params: List[Tensor], grads: List[Tensor], bufs: List[Tensor],
+                    flags: List[Tensor], grad_copies) -> None:
+        """Appends the group's params with a grad, their grads, buffers and first-step flags to
+        the lists given, state created and checked.
 
-        Not named _init_group: torch.compile runs an optimizer's _init_group outside the
-        graph, mapping its arguments back by position, which loses the lists of an SgdLists
-        (the compiled step then saw no parameters)."""
-        params: List[Tensor] = []
-        grads: List[Tensor] = []
-        bufs: List[Tensor] = []
-        flags: List[Tensor] = []
+        Separate list arguments, as in Adam: torch.compile runs an optimizer's _init_group
+        eagerly, outside the graph, and carries over only what it appended to list arguments
+        (dynamo's OptimizerVariable). Traced instead, the grad-layout checks met a dynamo bug
+        on symbolic strides once a recompile made the shapes dynamic."""
         momentum = group["momentum"] != 0
         checked = self._checked_state
         new_flags: List[Tuple[Tensor, int]] = []
@@ -198,8 +197,7 @@ class SGD(FusedOptimizer):
                 bufs.append(buf)
         if momentum:
             self._make_flags(new_flags)
-            flags = [self._gf_first[p] for p in params]
-        return _sgd.SgdLists(params, grads, bufs, flags)
+            flags.extend(self._gf_first[p] for p in params)
 
     def _make_flags(self, new_flags: List[Tuple[Tensor, int]]) -> None:
         """First-step flags for params that have none: one small copy per device."""
@@ -232,7 +230,9 @@ class SGD(FusedOptimizer):
         if planned is not None:
             return planned
         copies: List[Tuple[Tensor, Tensor]] = []
-        lists = self._collect(group, copies)
+        lists = [], [], [], []
+        self._init_group(group, *lists, copies)
+        lists = _sgd.SgdLists(*lists)
         if not lists.params:
             return None
         parts = split(lists.params)
