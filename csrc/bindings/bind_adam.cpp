@@ -12,6 +12,7 @@
 #include "../cuda/adam_cuda.h"
 #include "bindings.h"
 #include "host_lists.h"
+#include "norm_first.h"
 
 namespace py = pybind11;
 
@@ -53,7 +54,7 @@ void bind_adam(py::module_& m) {
            const std::vector<intptr_t>& vmax, const std::vector<intptr_t>& step,
            const std::vector<int64_t>& numels, int dtype, const AdamHyper& hyper,
            const AdamFlags& flags, const StepControl& control, intptr_t skipped,
-           int num_threads) {
+           int num_threads, int norm_kind, double norm_p) {
           const size_t n = p.size();
           if (g.size() != n || ea.size() != n || eas.size() != n || step.size() != n ||
               numels.size() != n || (!vmax.empty() && vmax.size() != n))
@@ -67,13 +68,15 @@ void bind_adam(py::module_& m) {
                                      flags.amsgrad ? xp.data() : nullptr, sp.data(),
                                      numels.data(), (int64_t)n};
           py::gil_scoped_release nogil;
+          norm_into_control(gp.data(), numels.data(), (int64_t)n, (DType)dtype, norm_kind,
+                            norm_p, control, num_threads);
           cpu::adam_step(lists, (DType)dtype, hyper, flags, control,
                          reinterpret_cast<int64_t*>(skipped), num_threads);
         },
         py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
         py::arg("max_exp_avg_sqs"), py::arg("steps"), py::arg("numels"), py::arg("dtype"),
         py::arg("hyper"), py::arg("flags"), py::arg("control"), py::arg("skipped"),
-        py::arg("num_threads"));
+        py::arg("num_threads"), py::arg("norm_kind") = -1, py::arg("norm_p") = 2.0);
 
 #ifdef GRADFAST_WITH_CUDA
   m.def("cuda_adam_workspace_bytes", [](int64_t n) { return cuda::adam_workspace_bytes(n); });

@@ -12,6 +12,7 @@
 #include "../cuda/sgd_cuda.h"
 #include "bindings.h"
 #include "host_lists.h"
+#include "norm_first.h"
 
 namespace py = pybind11;
 
@@ -57,7 +58,7 @@ void bind_sgd(py::module_& m) {
            const std::vector<intptr_t>& bufs, const std::vector<intptr_t>& first,
            const std::vector<int64_t>& numels, int dtype, const SgdHyper& hyper,
            const SgdFlags& flags, const StepControl& control, intptr_t skipped,
-           int num_threads) {
+           int num_threads, int norm_kind, double norm_p) {
           const size_t n = p.size();
           if (g.size() != n || numels.size() != n || (!bufs.empty() && bufs.size() != n) ||
               (!first.empty() && first.size() != n))
@@ -71,12 +72,15 @@ void bind_sgd(py::module_& m) {
                                     flags.momentum ? fp.data() : nullptr, numels.data(),
                                     (int64_t)n};
           py::gil_scoped_release nogil;
+          norm_into_control(gp.data(), numels.data(), (int64_t)n, (DType)dtype, norm_kind,
+                            norm_p, control, num_threads);
           cpu::sgd_step(lists, (DType)dtype, hyper, flags, control,
                         reinterpret_cast<int64_t*>(skipped), num_threads);
         },
         py::arg("params"), py::arg("grads"), py::arg("momentum_buffers"),
         py::arg("first_flags"), py::arg("numels"), py::arg("dtype"), py::arg("hyper"),
-        py::arg("flags"), py::arg("control"), py::arg("skipped"), py::arg("num_threads"));
+        py::arg("flags"), py::arg("control"), py::arg("skipped"), py::arg("num_threads"),
+        py::arg("norm_kind") = -1, py::arg("norm_p") = 2.0);
   m.attr("SGD_TILE_ELEMS") = cuda::kSgdTileElems;
 
 #ifdef GRADFAST_WITH_CUDA

@@ -32,7 +32,10 @@ void bind_step(py::module_& m) {
           s.skip_nonfinite = skip_nonfinite;
           return s;
         }),
-        py::kw_only(), py::arg("lr") = 0.0, py::arg("lr_ptr") = 0, py::arg("lr_dtype") = 0,
+        // Positional or keyword: gradfast._native.step.control() passes the fields
+        // positionally, in this order, since a step builds one per (group, device) and
+        // pybind's keyword matching costs more than the rest of the construction.
+        py::arg("lr") = 0.0, py::arg("lr_ptr") = 0, py::arg("lr_dtype") = 0,
         py::arg("grad_scale") = 0, py::arg("found_inf") = 0, py::arg("total_norm") = 0,
         py::arg("total_dtype") = 0, py::arg("clip") = false, py::arg("max_norm") = 0.0,
         py::arg("max_norm_ptr") = 0, py::arg("max_norm_dtype") = 0,

@@ -12,7 +12,7 @@ import torch
 
 from .group import DeviceTable, TensorGroup, bump_versions
 from .op import NativeOp
-from .step import STEP_SCHEMA, StepArgs, control, ptr
+from .step import STEP_SCHEMA, StepArgs, control, hyper_structs, norm_first, ptr
 
 
 class AdamLists(NamedTuple):
@@ -77,18 +77,25 @@ class AdamGroup(TensorGroup):
 
 
 def adam_step(lists: AdamLists, hyper: AdamHyper, step: StepArgs,
-              skipped: Optional[torch.Tensor], host: Optional[tuple] = None) -> None:
+              skipped: Optional[torch.Tensor], host: Optional[tuple] = None,
+              norm: Optional[Tuple[int, float]] = None) -> Optional[torch.Tensor]:
     """One fused step of one group. skipped: the int64 counter the step increments when it
     skips (found_inf, or a non-finite norm with skip_nonfinite), or None.
     host: (param, exp_avg, exp_avg_sq, max_exp_avg_sq, step pointers, element counts) of a
     CPU group when the caller keeps them (gradfast.optim's step plans, which check the
-    parameters' pointers every step); the grads' are always read."""
+    parameters' pointers every step); the grads' are always read.
+    norm: (NormKind code, order) on the CPU, when the group holds every grad of the step:
+    the same call first computes their global norm (step.total is ignored) and returns it,
+    bitwise norm.group_total's; otherwise None is returned."""
     g = AdamGroup(lists)
     lib = g.lib
     unscale = step.grad_scale is not None
-    h, f = hyper.structs(lib, unscale)
-    c = control(lib, step)
+    h, f = hyper_structs(lib, hyper, unscale)
+    total, kind, p = norm_first(g, norm)
+    c = control(lib, step, total=total)
     if g.cuda:
+        if norm is not None:
+            raise ValueError("adam_step: norm= is for CPU groups (CUDA: clip_adam_step)")
         table = g.adam_table()
         stream = g.stream()
         ws = g.adam_workspace(stream, table.counts[0])
@@ -103,8 +110,9 @@ def adam_step(lists: AdamLists, hyper: AdamHyper, step: StepArgs,
         p_ptrs, m_ptrs, v_ptrs, vmax_ptrs, step_ptrs, numels = host
         lib.cpu_adam_step(p_ptrs, [t.data_ptr() for t in lists.grads], m_ptrs, v_ptrs, vmax_ptrs,
                           step_ptrs, numels, g.code, h, f, c, ptr(skipped),
-                          torch.get_num_threads())
+                          torch.get_num_threads(), kind, p)
     bump_versions(lists.written(unscale))
+    return total
 
 
 def clip_adam_step(lists: AdamLists, hyper: AdamHyper, step: StepArgs,
@@ -121,7 +129,7 @@ def clip_adam_step(lists: AdamLists, hyper: AdamHyper, step: StepArgs,
     g = AdamGroup(lists)
     lib = g.lib
     unscale = step.grad_scale is not None
-    h, f = hyper.structs(lib, unscale)
+    h, f = hyper_structs(lib, hyper, unscale)
     c = control(lib, step._replace(total=None), total_code=g.code)
     total = g.new(())
     grads = TensorGroup(lists.grads, g.backend)

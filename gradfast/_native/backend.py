@@ -39,6 +39,11 @@ class Backend:
         """Whether t's group runs the CUDA kernels (else the CPU kernels)."""
         return t.is_cuda or self.simulated is not None
 
+    def host_kernels(self, device: torch.device) -> bool:
+        """Whether groups on device run the CPU kernels (the simulator's CPU tensors run
+        the CUDA ones)."""
+        return device.type == "cpu" and self.simulated is None
+
     def device_index(self, device: torch.device) -> int:
         return self.simulated if self.simulated is not None else device.index
 

@@ -79,23 +79,22 @@ class TensorGroup:
     """Dense tensors of one dtype on one device, ready for a kernel call."""
 
     __slots__ = ("tensors", "first", "device", "dtype", "code", "math_dtype", "backend",
-                 "cuda", "_ptrs", "_numels")
+                 "lib", "cuda", "_ptrs", "_numels")
 
     def __init__(self, tensors: Sequence[torch.Tensor],
                  backend: Optional[_backend.Backend] = None) -> None:
+        # Built once or twice per optimizer step: plain attribute reads only.
         self.tensors = tensors
         first = self.first = tensors[0]
-        self.device, self.dtype = first.device, first.dtype
-        self.code = DTYPE_CODES[self.dtype]
-        self.math_dtype = MATH_DTYPE[self.dtype]
-        self.backend = backend or _backend.current()
-        self.cuda = self.backend.cuda_kernels(first)
+        self.device = first.device
+        dtype = self.dtype = first.dtype
+        self.code = DTYPE_CODES[dtype]
+        self.math_dtype = MATH_DTYPE[dtype]
+        backend = self.backend = backend or _backend.current()
+        self.lib = backend.lib
+        self.cuda = backend.cuda_kernels(first)
         self._ptrs: Optional[List[int]] = None
         self._numels: Optional[List[int]] = None
-
-    @property
-    def lib(self):
-        return self.backend.lib
 
     @property
     def ptrs(self) -> List[int]:

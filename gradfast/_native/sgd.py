@@ -6,13 +6,13 @@ synchronises with the device.
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
 from .group import DeviceTable, TensorGroup, bump_versions
 from .op import NativeOp
-from .step import STEP_SCHEMA, StepArgs, control, ptr
+from .step import STEP_SCHEMA, StepArgs, control, hyper_structs, norm_first, ptr
 
 
 class SgdLists(NamedTuple):
@@ -75,17 +75,22 @@ class SgdGroup(TensorGroup):
 
 
 def sgd_step(lists: SgdLists, hyper: SgdHyper, step: StepArgs,
-             skipped: Optional[torch.Tensor], host: Optional[tuple] = None) -> None:
+             skipped: Optional[torch.Tensor], host: Optional[tuple] = None,
+             norm: Optional[Tuple[int, float]] = None) -> Optional[torch.Tensor]:
     """One fused step of one group. skipped: the int64 counter the step increments when it
     skips (found_inf, or a non-finite norm with skip_nonfinite), or None.
     host: (param, momentum buffer, first flag pointers, element counts) of a CPU group when
-    the caller keeps them (gradfast.optim's step plans); the grads' are always read."""
+    the caller keeps them (gradfast.optim's step plans); the grads' are always read.
+    norm: as adam.adam_step's (CPU only): the global norm of the grads first, returned."""
     g = SgdGroup(lists)
     lib = g.lib
     unscale = step.grad_scale is not None
-    h, f = hyper.structs(lib, unscale)
-    c = control(lib, step)
+    h, f = hyper_structs(lib, hyper, unscale)
+    total, kind, p = norm_first(g, norm)
+    c = control(lib, step, total=total)
     if g.cuda:
+        if norm is not None:
+            raise ValueError("sgd_step: norm= is for CPU groups")
         table = g.sgd_table()
         stream = g.stream()
         ws = g.sgd_workspace(stream, table.counts[0])
@@ -98,8 +103,10 @@ def sgd_step(lists: SgdLists, hyper: SgdHyper, step: StepArgs,
                     [t.data_ptr() for t in lists.first_flags], g.numels)
         p_ptrs, buf_ptrs, flag_ptrs, numels = host
         lib.cpu_sgd_step(p_ptrs, [t.data_ptr() for t in lists.grads], buf_ptrs, flag_ptrs,
-                         numels, g.code, h, f, c, ptr(skipped), torch.get_num_threads())
+                         numels, g.code, h, f, c, ptr(skipped), torch.get_num_threads(), kind,
+                         p)
     bump_versions(lists.written(unscale))
+    return total
 
 
 # ---- the op (torch.compile sees it; eager calls run sgd_step directly) ------------------

@@ -17,10 +17,6 @@ def ptr(t: Optional[torch.Tensor]) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-def code(t: Optional[torch.Tensor]) -> int:
-    return 0 if t is None else DTYPE_CODES[t.dtype]
-
-
 class StepArgs(NamedTuple):
     lr: float                             # the lr when lr_t is None
     lr_t: Optional[torch.Tensor]          # a Tensor lr (fp32/fp64, 0-d)
@@ -52,12 +48,45 @@ class StepArgs(NamedTuple):
 STEP_SCHEMA = "Tensor?[] step_tensors, float[] step_scalars, bool[] step_switches"
 
 
-def control(lib, s: StepArgs, total_code: int = 0):
+_STRUCTS: dict = {}  # (lib, hyper type, hyper, unscale) -> the hyper's structs
+
+
+def hyper_structs(lib, hyper, unscale: bool):
+    """hyper.structs(lib, unscale) (an AdamHyper's or SgdHyper's core structs), built once
+    per value: a group's hyperparameters rarely change between steps, and building two
+    bound structs from keywords costs more than the lookup. The structs are never mutated
+    (the kernels take them by value or const reference)."""
+    key = (lib, type(hyper), hyper, unscale)
+    got = _STRUCTS.get(key)
+    if got is None:
+        if len(_STRUCTS) >= 256:  # e.g. a scheduled beta: keep the cache bounded
+            _STRUCTS.clear()
+        got = _STRUCTS[key] = hyper.structs(lib, unscale)
+    return got
+
+
+def control(lib, s: StepArgs, total_code: int = 0, total: Optional[torch.Tensor] = None):
     """lib.StepControl for s. total_code: the norm's dtype code when s.total is None because
-    the kernel computes the norm itself (the one-launch clip + step)."""
-    t = s.total
+    the kernel computes the norm itself (the one-launch clip + step). total: the output the
+    CPU entry points write the norm into first, in place of s.total (norm_first below)."""
+    # Positional, in StepControl's field order (csrc/bindings/bind_step.cpp): lr, lr_ptr,
+    # lr_dtype, grad_scale, found_inf, total_norm, total_dtype, clip, max_norm,
+    # max_norm_ptr, max_norm_dtype, skip_nonfinite. One is built per (group, device) per
+    # step, and keywords would cost more than the rest of the construction.
+    lr_t, thr = s.lr_t, s.max_norm_t
+    t = s.total if total is None else total
     return lib.StepControl(
-        lr=s.lr, lr_ptr=ptr(s.lr_t), lr_dtype=code(s.lr_t), grad_scale=ptr(s.grad_scale),
-        found_inf=ptr(s.found_inf), total_norm=ptr(t), total_dtype=code(t) or total_code,
-        clip=s.clip, max_norm=s.max_norm, max_norm_ptr=ptr(s.max_norm_t),
-        max_norm_dtype=code(s.max_norm_t), skip_nonfinite=s.skip_nonfinite)
+        s.lr, 0 if lr_t is None else lr_t.data_ptr(), 0 if lr_t is None else DTYPE_CODES[lr_t.dtype],
+        ptr(s.grad_scale), ptr(s.found_inf),
+        0 if t is None else t.data_ptr(), total_code if t is None else DTYPE_CODES[t.dtype],
+        s.clip, s.max_norm, 0 if thr is None else thr.data_ptr(),
+        0 if thr is None else DTYPE_CODES[thr.dtype], s.skip_nonfinite)
+
+
+def norm_first(g, norm: Optional[tuple]):
+    """(output, kind, p) for a CPU step entry point that computes the global norm of the
+    group's grads first (csrc/bindings/norm_first.h): norm is (NormKind code, order), or
+    None for a step whose total is given (then (None, -1, 2.0))."""
+    if norm is None:
+        return None, -1, 2.0
+    return g.new(()), norm[0], norm[1]

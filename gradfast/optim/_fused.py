@@ -24,6 +24,7 @@ from .._native import norm as native_norm
 from .._native.norm import total_norm
 from .._native.norm_kind import check_empty, norm_kind, parse_norm_type
 from .._native.library import DTYPE_CODES
+from .._native.backend import current as current_backend
 from .._native.op import compiling
 from .._native.step import StepArgs
 from .._native.support import is_dense, native_supported
@@ -100,6 +101,26 @@ def kernel_grad(optimizer_name: str, p: Tensor, g: Tensor, grad_copies: List) ->
         grad_copies.append((g, copy))
         return copy
     return g
+
+
+def one_call_kind(work: List[WorkItem], norm_types: set) -> Optional[int]:
+    """The NormKind code of the step's norm when the norm and the update can be one native
+    call on the CPU (the entry points' norm_kind=, csrc/bindings/norm_first.h), else None.
+
+    They can when one work item (parameter group) with one (device, dtype) split, on the
+    CPU kernels, holds every grad of the step, the norm order has a native kernel, the
+    threshold is a number or a Tensor (an AutoClip-like object computes its threshold from
+    the norm, between the two calls) and the step runs eagerly (the custom ops take a
+    computed norm). The results are bitwise those of the two calls; one call spares a
+    Python to C++ crossing, an allocation and a GIL release per step."""
+    if len(work) != 1 or len(norm_types) != 1:
+        return None
+    item = work[0]
+    if len(item.split) != 1 or not current_backend().host_kernels(item.split[0][0]):
+        return None
+    if is_threshold_object(item.group["max_grad_norm"]) or compiling():
+        return None
+    return norm_kind(next(iter(norm_types)))
 
 
 def is_threshold_object(max_norm) -> bool:
@@ -281,9 +302,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         return None
 
     def _fused_norm_kind(self, work: List[WorkItem], norm_types: set) -> Optional[int]:
-        """A NormKind when the update computes the global norm in its own launch (Adam's
-        opt-in one-launch step); None: the norm is computed first, by the norm kernel."""
-        return None
+        """A NormKind when the update computes the global norm in its own native call
+        (one_call_kind: on the CPU; Adam adds its opt-in one-launch CUDA step); None: the
+        norm kernel runs first. The caller has excluded hooks, torch-stepped parameters
+        and distributed steps."""
+        return one_call_kind(work, norm_types)
 
     # ---- the step ------------------------------------------------------------------------
 
@@ -320,7 +343,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             return _torch_fallback.total_norm(grads, norm_type)
         check_empty(grads, norm_type)
         if one_group:
-            return native_norm.norm(grads, norm_type, kind, 1.0)[0]
+            return native_norm.group_total(grads, kind, norm_type)
         return total_norm(grads, norm_type, kind, 1.0)[0]
 
     def _skipped_counter(self, device: torch.device) -> Tensor:
@@ -364,7 +387,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 f"grad_norm_type, got {sorted(norm_types)}")
 
         hooks = self._gf_norm_hooks
-        hook_types = {nt for _, nt in hooks.values()}
+        hook_types = {nt for _, nt in hooks.values()} if hooks else set()
         total = None
         monitored: Dict[float, Any] = {}  # norm order -> (total, per-tensor groups)
         fused_kind = None
@@ -388,9 +411,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                 check_empty(all_grads, next(iter(norm_types)))
         if total is not None:
             self._set_grad_norm(total, grad_scale)
-        for nt in hook_types - set(monitored):
-            monitored[nt] = norms_of(all_grads, nt)  # a hook's own norm order
-        skipped_before = skipped_steps.clone() if hooks else None
+        skipped_before = None
+        if hooks:
+            for nt in hook_types - set(monitored):
+                monitored[nt] = norms_of(all_grads, nt)  # a hook's own norm order
+            skipped_before = skipped_steps.clone()
 
         scale_by_dev: Dict = {}
         inf_by_dev: Dict = {}
@@ -434,16 +459,22 @@ class FusedOptimizer(torch.optim.Optimizer):
                             (), dtype=torch.float64, device=device) * lr
                 else:
                     lr_t = None
+                # Positional, in StepArgs' field order (keywords cost more, every step);
+                # the None checks before on_device spare a call per absent input.
                 step = StepArgs(
-                    lr=0.0 if lr_t is not None else float(lr), lr_t=lr_t,
-                    grad_scale=on_device(scale_by_dev, grad_scale, device),
-                    found_inf=on_device(inf_by_dev, found_inf, device),
-                    total=on_device(total_by_dev, total, device, _NATIVE_DTYPES)
-                    if (clip or skip_nonfinite) else None,
-                    clip=clip, max_norm=float(max_norm) if clip and thr is None else 0.0,
-                    max_norm_t=on_device(thr[1], thr[0], device, _NATIVE_DTYPES)
-                    if thr is not None else None,
-                    skip_nonfinite=skip_nonfinite)
+                    0.0 if lr_t is not None else float(lr),                     # lr
+                    lr_t,                                                       # lr_t
+                    None if grad_scale is None else
+                    on_device(scale_by_dev, grad_scale, device),                # grad_scale
+                    None if found_inf is None else
+                    on_device(inf_by_dev, found_inf, device),                   # found_inf
+                    on_device(total_by_dev, total, device, _NATIVE_DTYPES)
+                    if (clip or skip_nonfinite) and total is not None else None,  # total
+                    clip,                                                       # clip
+                    float(max_norm) if clip and thr is None else 0.0,           # max_norm
+                    on_device(thr[1], thr[0], device, _NATIVE_DTYPES)
+                    if thr is not None else None,                               # max_norm_t
+                    skip_nonfinite)                                             # skip_nonfinite
                 fused_total = self._update(item, device, idx, step, skipped,
                                            *((fused_kind, next(iter(norm_types)))
                                              if fused_kind is not None else ()))

@@ -48,7 +48,7 @@ class GroupPlan:
         self.state_keys = tuple(key for key, _ in checks)
         self.state_lists = tuple(lst for _, lst in checks)
         self.same_state = _identity_check(len(checks))
-        self.shape = dict(shape)
+        self.shape = tuple(shape.items())
         self.dtypes = [p.dtype for p in params]
         self.strides = [p.stride() for p in params]
         self.devices = [p.get_device() for p in params]
@@ -68,9 +68,11 @@ class GroupPlan:
         """This step's gradients when the plan still describes the group, else None."""
         if (group is not self.group or params_list is not self.params_list
                 or len(params_list) != len(self.params_all)
-                or any(group[k] != v for k, v in self.shape.items())
                 or not all([a is b for a, b in zip(params_list, self.params_all)])):
             return None
+        for key, value in self.shape:  # a loop, not any(<generator>): one or two keys
+            if group[key] != value:
+                return None
         if self.all_have_grads:
             if not all([g is not None for g in grads_all]):
                 return None
@@ -101,8 +103,10 @@ class GroupPlan:
         return grads
 
     def lists_for(self, grads: List[Tensor]):
-        """The plan's lists with this step's grads."""
-        return self.lists._replace(grads=grads)
+        """The plan's lists with this step's grads (positional construction: a NamedTuple's
+        _replace costs several times more, every step)."""
+        lists = self.lists
+        return type(lists)(lists[0], grads, *lists[2:])
 
 
 def _identity_check(n_keys: int):

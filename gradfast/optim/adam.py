@@ -159,6 +159,9 @@ class Adam(FusedOptimizer):
         # With GRADFAST_ADAM_LAUNCHES=1: the launches the last step's clip + Adam took (1,
         # or 2 when the one-launch kernel fell back), None when it was not eligible.
         self._gf_launches: Optional[int] = None
+        # Whether this step's fused norm kind came from the one-launch CUDA selection (else
+        # from the CPU's one call); set by every _fused_norm_kind.
+        self._gf_one_launch = False
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -174,6 +177,7 @@ class Adam(FusedOptimizer):
             group.setdefault("fused", None)
         # torch's state may hold CPU (or Python number) steps: converted lazily by step().
         self.__dict__.setdefault("_gf_launches", None)
+        self.__dict__.setdefault("_gf_one_launch", False)
 
     # ---- state -------------------------------------------------------------------------
 
@@ -320,7 +324,11 @@ class Adam(FusedOptimizer):
         hyper = self._hyper(item.group)
         lists = item.lists
         if fused_kind is not None:
-            # The only work item, every grad of the step: norm + update in one launch.
+            # The only work item, every grad of the step: norm + update in one native call
+            # on the CPU, in one launch on CUDA (opt-in).
+            if not self._gf_one_launch:
+                return _adam.adam_step(lists, hyper, step, skipped, item.host,
+                                       (fused_kind, norm_type))
             total, self._gf_launches = _adam.clip_adam_step(lists, hyper, step, skipped,
                                                             norm_type, fused_kind)
             return total
@@ -332,11 +340,16 @@ class Adam(FusedOptimizer):
         return None
 
     def _fused_norm_kind(self, work, norm_types) -> Optional[int]:
-        """With GRADFAST_ADAM_LAUNCHES=1 (read each step), _one_launch_kind's answer."""
-        if os.environ.get(LAUNCHES_ENV) != "1":
-            return None
-        self._gf_launches = None
-        return _one_launch_kind(work, norm_types, self._gf_norm_hooks or None)
+        """With GRADFAST_ADAM_LAUNCHES=1 (read each step), _one_launch_kind's answer for a
+        CUDA step; otherwise the CPU's one call (FusedOptimizer's)."""
+        self._gf_one_launch = False
+        if os.environ.get(LAUNCHES_ENV) == "1":
+            self._gf_launches = None
+            kind = _one_launch_kind(work, norm_types, self._gf_norm_hooks or None)
+            if kind is not None:
+                self._gf_one_launch = True
+                return kind
+        return super()._fused_norm_kind(work, norm_types)
 
 
 def _one_launch_kind(work, norm_types, monitor) -> Optional[int]:
