@@ -195,7 +195,7 @@ def clip_grad_norm_(
         # The common case, eager: one group, the calls made directly on one TensorGroup,
         # whose pointers (CPU) or device table (CUDA) both passes share.
         group = TensorGroup(grads)
-        total, _, coef = _norm.group_norm(group, kind, p, max_norm)
+        total, _, coef = _norm.group_norm(group, kind, p, max_norm, per_tensor=False)
         if error_if_nonfinite:
             _raise_if_nonfinite(total, p)
         _norm.group_scale_(group, coef)

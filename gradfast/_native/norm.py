@@ -17,15 +17,18 @@ from .op import NativeOp
 from .support import group_by_device_dtype
 
 
-def group_norm(g: TensorGroup, kind: int, p: float,
-               max_norm: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def group_norm(g: TensorGroup, kind: int, p: float, max_norm: float, per_tensor: bool = True
+               ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
     """(total norm in the group dtype, per-tensor norms in the math dtype, clip coefficient
-    torch's min(max_norm / (total + 1e-6), 1) in the math dtype)."""
-    per_tensor = g.new((len(g.tensors),), g.math_dtype)
+    torch's min(max_norm / (total + 1e-6), 1) in the math dtype). per_tensor=False: None in
+    place of the per-tensor norms, which are then not written (clip_grad_norm_ needs only
+    the total and the coefficient)."""
+    norms = g.new((len(g.tensors),), g.math_dtype) if per_tensor else None
     total = g.new(())
     coef = g.new((), g.math_dtype)
-    _launch_norm(g, kind, p, per_tensor.data_ptr(), total.data_ptr(), coef.data_ptr(), max_norm)
-    return total, per_tensor, coef
+    _launch_norm(g, kind, p, 0 if norms is None else norms.data_ptr(), total.data_ptr(),
+                 coef.data_ptr(), max_norm)
+    return total, norms, coef
 
 
 def group_total(tensors: List[torch.Tensor], kind: int, p: float) -> torch.Tensor:
