@@ -55,7 +55,8 @@ def test_quick_mode_writes_every_output(quick_run):
         assert meta[key], key
     assert meta["mode"] == "quick"
     methods = _clipstudy("methods")
-    per_group = len(methods.comparison_methods()) + len(methods.AUTOCLIP_EXTRA) + 2  # + fused
+    per_group = (len(methods.comparison_methods()) + len(methods.AUTOCLIP_EXTRA)
+                 + len(methods.fused_methods()))
     groups = len(meta["tasks"]) * len(meta["models"])
     assert len(data["runs"]) == groups * per_group * meta["seeds"]
     kinds = {r["config"]["method"]["kind"] for r in data["runs"]}

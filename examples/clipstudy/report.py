@@ -39,7 +39,7 @@ def _method_rank(spec: dict):
     if kind == "autoclip":
         return (2, tags.get(spec.get("tag"), 3), spec["min_history"], spec["percentile"],
                 spec["history"], float(spec["initial_max_norm"]))
-    value = spec.get("max_norm", spec.get("clip_factor", 0.0))
+    value = spec.get("lr_factor", spec.get("max_norm", spec.get("clip_factor", 0.0)))
     return ({"none": 0, "fixed": 1, "agc": 3, "fused_adam": 4, "sgd": 5}[kind], 0, 0, 0, 0,
             value if isinstance(value, float) else 0.0)
 
@@ -90,13 +90,14 @@ def comparisons(runs: List[dict], tuned: dict) -> List[dict]:
         if g not in tuned:
             continue
         ref = f"fixed {tuned[g]['max_norm']:g}"
-        best_agc = _pick(per, "agc")
+        best_agc, best_sgd = _pick(per, "agc"), _pick(per, "sgd")
         task = make_task(json.loads(g[0]))
         ref_err = {r["config"]["seed"]: scored_error(r["result"], "test_error")
                    for r in per[ref]}
         for name, lst in per.items():
             kind = lst[0]["config"]["method"]["kind"]
-            if name == ref or (kind == "fixed") or (kind == "agc" and name != best_agc):
+            if (name == ref or kind == "fixed" or (kind == "agc" and name != best_agc)
+                    or (kind == "sgd" and name != best_sgd)):
                 continue
             pairs = [(scored_error(r["result"], "test_error"), ref_err[r["config"]["seed"]])
                      for r in lst if r["config"]["seed"] in ref_err]
@@ -243,7 +244,7 @@ def _plot_name(spec: dict, name: str) -> str:
     if spec["kind"] == "fused_adam":
         return "fused Adam max_grad_norm=c*"
     if spec["kind"] == "sgd":
-        return "SGD+momentum max_grad_norm=c*"
+        return f"SGD+momentum lr x{spec['lr_factor']:g} max_grad_norm=c*"
     return name
 
 
@@ -265,7 +266,8 @@ def _jsonable(row: dict) -> dict:
             for k, v in row.items()}
 
 
-def _headline_name(row: dict, tuned_label: str, best_agc: Optional[str]) -> Optional[str]:
+def _headline_name(row: dict, tuned_label: str, best_agc: Optional[str],
+                   best_sgd: Optional[str]) -> Optional[str]:
     kind = row["spec"]["kind"]
     if kind == "fixed":
         return "fixed, tuned on validation (c*)" if row["method"] == tuned_label else None
@@ -274,7 +276,8 @@ def _headline_name(row: dict, tuned_label: str, best_agc: Optional[str]) -> Opti
     if kind == "fused_adam":
         return "gradfast.optim.Adam(max_grad_norm=c*)"
     if kind == "sgd":
-        return "SGD+momentum, max_grad_norm=c*"
+        return ("SGD+momentum, lr chosen on validation, max_grad_norm=c*"
+                if row["method"] == best_sgd else None)
     return row["method"]
 
 
@@ -289,7 +292,7 @@ def headline(runs: List[dict], rows: List[dict], comps: List[dict], tuned: dict)
         col = f"{task.label}, {MODEL_NAMES[g[1]]}"
         cols.append(col)
         tuned_label = f"fixed {tuned[g]['max_norm']:g}" if g in tuned else None
-        best_agc = _pick(per, "agc")
+        best_agc, best_sgd = _pick(per, "agc"), _pick(per, "sgd")
         ratios = {c["method"]: c for c in comps if c["task"] == task.label
                   and c["model"] == MODEL_NAMES[g[1]] and c["reference"].startswith("fixed")}
         for c in comps:
@@ -301,7 +304,7 @@ def headline(runs: List[dict], rows: List[dict], comps: List[dict], tuned: dict)
         for r in rows:
             if r["task"] != task.label or r["model"] != MODEL_NAMES[g[1]]:
                 continue
-            name = _headline_name(r, tuned_label, best_agc)
+            name = _headline_name(r, tuned_label, best_agc, best_sgd)
             if name is None:
                 continue
             if name not in names:
@@ -311,6 +314,8 @@ def headline(runs: List[dict], rows: List[dict], comps: List[dict], tuned: dict)
                 extra = f" (c* = {tuned[g]['max_norm']:g})"
             elif r["spec"]["kind"] == "agc":
                 extra = f" ({r['spec']['clip_factor']:g})"
+            elif r["spec"]["kind"] == "sgd":
+                extra = f" (lr x{r['spec']['lr_factor']:g})"
             c = ratios.get(r["method"])
             if c is not None and c["ratio"] is not None:
                 ratio_cells[(name, col)] = (f"{c['ratio']:.2g}x [{c['ratio_ci'][0]:.2g}, "
