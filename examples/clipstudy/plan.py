@@ -27,8 +27,8 @@ MODES = {
         "models": ["rnn", "lstm"], "seeds": [0, 1, 2, 3, 4],
         # An LSTM step costs ~1/3 of a ReLU-RNN step on a CPU (oneDNN's fused cell), and
         # the LSTM needs more steps to leave chance at batch 16: it gets 2.4x the RNN's.
-        # ~16 CPU-minutes in all: 8 minutes on 2 idle cores (the shared box of the
-        # committed run gave it far less; see the results' header).
+        # ~14 CPU-minutes in all: about 7 minutes on 2 idle cores (the committed run at
+        # de242df: 7.2 minutes, see the results' header).
         "steps": {"rnn": 250, "lstm": 600}, "batch": 16, "hidden": 32, "eval_size": 512,
     },
     # The CI check of the pipeline: every task, model and method, tiny and short.
