@@ -12,7 +12,7 @@ import torch
 
 from .group import DeviceTable, TensorGroup, bump_versions
 from .op import NativeOp
-from .step import STEP_SCHEMA, StepArgs, control, hyper_structs, norm_first, ptr
+from .step import STEP_SCHEMA, StepArgs, control, hyper_structs, ptr, step_structs
 
 
 class AdamLists(NamedTuple):
@@ -89,13 +89,8 @@ def adam_step(lists: AdamLists, hyper: AdamHyper, step: StepArgs,
     bitwise norm.group_total's; otherwise None is returned."""
     g = AdamGroup(lists)
     lib = g.lib
-    unscale = step.grad_scale is not None
-    h, f = hyper_structs(lib, hyper, unscale)
-    total, kind, p = norm_first(g, norm)
-    c = control(lib, step, total=total)
+    h, f, c, total, kind, p, unscale = step_structs(g, hyper, step, norm, "adam_step")
     if g.cuda:
-        if norm is not None:
-            raise ValueError("adam_step: norm= is for CPU groups (CUDA: clip_adam_step)")
         table = g.adam_table()
         stream = g.stream()
         ws = g.adam_workspace(stream, table.counts[0])

@@ -12,7 +12,7 @@ import torch
 
 from .group import DeviceTable, TensorGroup, bump_versions
 from .op import NativeOp
-from .step import STEP_SCHEMA, StepArgs, control, hyper_structs, norm_first, ptr
+from .step import STEP_SCHEMA, StepArgs, ptr, step_structs
 
 
 class SgdLists(NamedTuple):
@@ -84,13 +84,8 @@ def sgd_step(lists: SgdLists, hyper: SgdHyper, step: StepArgs,
     norm: as adam.adam_step's (CPU only): the global norm of the grads first, returned."""
     g = SgdGroup(lists)
     lib = g.lib
-    unscale = step.grad_scale is not None
-    h, f = hyper_structs(lib, hyper, unscale)
-    total, kind, p = norm_first(g, norm)
-    c = control(lib, step, total=total)
+    h, f, c, total, kind, p, unscale = step_structs(g, hyper, step, norm, "sgd_step")
     if g.cuda:
-        if norm is not None:
-            raise ValueError("sgd_step: norm= is for CPU groups")
         table = g.sgd_table()
         stream = g.stream()
         ws = g.sgd_workspace(stream, table.counts[0])

@@ -68,7 +68,7 @@ def hyper_structs(lib, hyper, unscale: bool):
 def control(lib, s: StepArgs, total_code: int = 0, total: Optional[torch.Tensor] = None):
     """lib.StepControl for s. total_code: the norm's dtype code when s.total is None because
     the kernel computes the norm itself (the one-launch clip + step). total: the output the
-    CPU entry points write the norm into first, in place of s.total (norm_first below)."""
+    CPU entry points write the norm into first, in place of s.total (step_structs below)."""
     # Positional, in StepControl's field order (csrc/bindings/bind_step.cpp): lr, lr_ptr,
     # lr_dtype, grad_scale, found_inf, total_norm, total_dtype, clip, max_norm,
     # max_norm_ptr, max_norm_dtype, skip_nonfinite. One is built per (group, device) per
@@ -83,10 +83,22 @@ def control(lib, s: StepArgs, total_code: int = 0, total: Optional[torch.Tensor]
         0 if thr is None else DTYPE_CODES[thr.dtype], s.skip_nonfinite)
 
 
-def norm_first(g, norm: Optional[tuple]):
-    """(output, kind, p) for a CPU step entry point that computes the global norm of the
-    group's grads first (csrc/bindings/norm_first.h): norm is (NormKind code, order), or
-    None for a step whose total is given (then (None, -1, 2.0))."""
+
+def step_structs(g, hyper, step: StepArgs, norm: Optional[tuple], name: str):
+    """What an optimizer's step entry point passes the core, for group g (a TensorGroup):
+    (hyper struct, flags struct, StepControl, total, norm kind, norm order, unscale).
+
+    norm: (NormKind code, order) when the CPU entry point computes the global norm of the
+    group's grads first (csrc/bindings/norm_first.h): total is then the new 0-d output it
+    writes and the StepControl reads; None for a step whose total is given (total None,
+    kind -1). A plain tuple: one step builds one per (group, device)."""
+    if norm is not None and g.cuda:
+        raise ValueError(f"{name}: norm= is for CPU groups")
+    lib = g.lib
+    unscale = step.grad_scale is not None
+    h, f = hyper_structs(lib, hyper, unscale)
     if norm is None:
-        return None, -1, 2.0
-    return g.new(()), norm[0], norm[1]
+        total, kind, p = None, -1, 2.0
+    else:
+        total, (kind, p) = g.new(()), norm
+    return h, f, control(lib, step, total=total), total, kind, p, unscale
