@@ -436,3 +436,27 @@ def test_pickled_optimizer_keeps_working():
     # The second step uses the restored buffer (momentum * 1 + 1 = 1.9), not a first step.
     torch.testing.assert_close(before - p2.detach(), torch.full((10,), 1.9e-2 / (10 ** 0.5)),
                                rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(max_grad_norm=1.0),  # two calls, one call
+                                dict(max_grad_norm=1.0, two_groups=True)], ids=str)
+def test_state_dict_reads_first_step_flags_only_while_a_skip_was_possible(kw):
+    # A momentum buffer whose every step was skipped on the device is left out of the
+    # state_dict, which costs a read of its device flag (a sync). After a step that cannot
+    # have been skipped (no GradScaler, no skip_nonfinite) no flag is left to read.
+    kw = dict(kw)
+    two_groups = kw.pop("two_groups", False)
+    ps = [torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(3))]
+    params = [{"params": [ps[0]]}, {"params": [ps[1]]}] if two_groups else ps
+    opt = SGD(params, lr=0.1, momentum=0.9, **kw)
+    may_skip = SGD([torch.nn.Parameter(torch.randn(4))], lr=0.1, momentum=0.9,
+                   skip_nonfinite=True)
+    for o in (opt, may_skip):
+        for group in o.param_groups:
+            for p in group["params"]:
+                p.grad = torch.randn(p.shape)
+        o.step()
+    assert not opt._gf_pending
+    assert may_skip._gf_pending  # until a state_dict reads its flag
+    assert "momentum_buffer" in may_skip.state_dict()["state"][0]
+    assert not may_skip._gf_pending

@@ -255,18 +255,20 @@ class SGD(FusedOptimizer):
                 fused_kind: Optional[int] = None, norm_type: float = 2.0) -> Optional[Tensor]:
         lists = item.lists
         host = item.host
+        total = None
         if fused_kind is not None:
             # The only work item, every grad of the step, on the CPU (one_call_kind): the
             # norm and the update in one native call.
-            return _sgd.sgd_step(lists, self._hyper(item.group), step, skipped, host,
-                                 (fused_kind, norm_type))
-        if idx is not None:
-            lists = _sgd.SgdLists(*([lst[i] for i in idx] if lst else [] for lst in lists))
-            host = None
-        _sgd.sgd_step_op(lists, self._hyper(item.group), step, skipped, host)
-        return None
+            total = _sgd.sgd_step(lists, self._hyper(item.group), step, skipped, host,
+                                  (fused_kind, norm_type))
+        else:
+            if idx is not None:
+                lists = _sgd.SgdLists(*([lst[i] for i in idx] if lst else []
+                                        for lst in lists))
+                host = None
+            _sgd.sgd_step_op(lists, self._hyper(item.group), step, skipped, host)
         if self._gf_pending and step.found_inf is None and not step.skip_nonfinite \
                 and not compiling():
             # This step cannot have been skipped: its first-step flags are now clear.
             self._gf_pending.difference_update(lists.params)
-        return None
+        return total
