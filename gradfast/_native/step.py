@@ -76,12 +76,11 @@ def control(lib, s: StepArgs, total_code: int = 0, total: Optional[torch.Tensor]
     lr_t, thr = s.lr_t, s.max_norm_t
     t = s.total if total is None else total
     return lib.StepControl(
-        s.lr, 0 if lr_t is None else lr_t.data_ptr(), 0 if lr_t is None else DTYPE_CODES[lr_t.dtype],
+        s.lr, ptr(lr_t), 0 if lr_t is None else DTYPE_CODES[lr_t.dtype],
         ptr(s.grad_scale), ptr(s.found_inf),
-        0 if t is None else t.data_ptr(), total_code if t is None else DTYPE_CODES[t.dtype],
-        s.clip, s.max_norm, 0 if thr is None else thr.data_ptr(),
-        0 if thr is None else DTYPE_CODES[thr.dtype], s.skip_nonfinite)
-
+        ptr(t), total_code if t is None else DTYPE_CODES[t.dtype],
+        s.clip, s.max_norm, ptr(thr), 0 if thr is None else DTYPE_CODES[thr.dtype],
+        s.skip_nonfinite)
 
 
 def step_structs(g, hyper, step: StepArgs, norm: Optional[tuple], name: str):
