@@ -13,9 +13,8 @@ Methods (Adam, lr 1e-3 for the RNN and 1e-2 for the LSTM, as in the example):
         targeted sweep of percentile, history and warm-up
     AGC with clip factors 0.01, 0.05, 0.2
     gradfast.optim.Adam(max_grad_norm=tuned) and SGD+momentum 0.9 with max_grad_norm=tuned
-        at 1x, 10x and 100x the model's Adam lr (the reported one chosen on validation):
-        gradfast.optim.SGD when it exists, else torch.optim.SGD + gradfast.clip_grad_norm_
-        (the outputs say which)
+        at 1x, 10x and 100x the model's Adam lr (the reported one chosen on validation),
+        through gradfast.optim.SGD
 Every method runs with the same seeds (5 in the default mode): a seed fixes the initial
 weights and the training batches, so comparisons are paired.
 
