@@ -309,6 +309,97 @@ def check_grad_monitor_reads_back_every_layers_true_norm():
     assert_bitwise_same_on_all_ranks(torch.as_tensor(norms[1]))
 
 
+def check_all_reduce_tensors_are_released_by_the_calling_thread():
+    """gradfast's collectives never leave gloo's worker thread the last owner of a tensor.
+
+    That thread drops its reference to a finished all-reduce after wait() has returned; if
+    it is the last, it releases the tensor's Python object, which takes the GIL, and at
+    interpreter exit that aborts the process (examples/fsdp2_clip.py: SIGABRT after its 5
+    steps, ~1 run in 20 on a loaded 2-core box). Watched here for every tensor gradfast
+    all-reduces (global norm: clip_grad_norm_; per-tensor: GradMonitor), over enough calls
+    that a plain dist.all_reduce shows the race (measured: 27 to 59 of 300 releases on
+    gloo's thread per rank). One is allowed: gradfast keeps the last KEPT_WORKS Works, and
+    gloo's thread may, very rarely, lag that far behind (not seen with 4 kept; with 1 kept,
+    2 times in 15000 calls)."""
+    import threading
+    import weakref
+    import gradfast
+    from torch.distributed.tensor import Shard, distribute_tensor
+    released = {"main": 0, "other": 0}
+    refs = []
+    original = dist.all_reduce
+
+    def on_release(_):
+        main = threading.current_thread() is threading.main_thread()
+        released["main" if main else "other"] += 1
+
+    def watched(tensor, *args, **kwargs):
+        refs.append(weakref.ref(tensor, on_release))
+        return original(tensor, *args, **kwargs)
+
+    mesh = _mesh()
+    p = torch.nn.Parameter(distribute_tensor(torch.ones(8, 4), mesh, [Shard(0)]))
+    dist.all_reduce = watched
+    try:
+        for _ in range(150):
+            p.grad = distribute_tensor(torch.full((8, 4), 2.0), mesh, [Shard(0)])
+            gradfast.clip_grad_norm_([p], 1.0)
+            gradfast.distributed.reduce_per_tensor_norms(
+                gradfast.distributed.local_norms([p.grad]), [p.grad])
+    finally:
+        dist.all_reduce = original
+    assert len(refs) == 300, len(refs)
+    from gradfast.distributed.reduction import KEPT_WORKS
+    assert released["other"] <= 1, released
+    assert sum(released.values()) >= 300 - KEPT_WORKS, released  # the rest are still kept
+
+
+def check_clip_under_torch_compile_matches_eager():
+    """torch.compile(clip_grad_norm_) on DTensor grads: dynamo runs the all-reduce (an
+    async_op=True call it does not trace) eagerly, with the same norm and clipped grads."""
+    import gradfast
+    from torch.distributed.tensor import Shard, distribute_tensor
+    mesh = _mesh()
+    torch.manual_seed(7)
+    full = torch.randn(8, 4)
+    ps = [torch.nn.Parameter(distribute_tensor(torch.ones(8, 4), mesh, [Shard(0)]))
+          for _ in range(2)]
+    for q in ps:
+        q.grad = distribute_tensor(full.clone(), mesh, [Shard(0)])
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda grads: gradfast.clip_grad_norm_(grads, 0.5))
+    got = compiled(ps[:1])
+    want = gradfast.clip_grad_norm_(ps[1:], 0.5)
+    assert torch.equal(got.full_tensor(), want.full_tensor()), (got, want)
+    assert torch.equal(ps[0].grad.full_tensor(), ps[1].grad.full_tensor())
+    assert_close_norm(float(want.full_tensor()), ref_norm([full.double()], 2.0), 1e-6, "norm")
+
+
+def check_gradfast_keeps_no_mesh_alive():
+    """After gradfast's distributed norms (get_total_norm, with pp_mesh too, and per-tensor
+    norms), dropping the user's objects frees the mesh: gradfast's caches hold no mesh or
+    spec, so a mesh's process groups and their gloo threads are not pinned by gradfast.
+    (torch's DTensor op dispatch caches specs, and with them meshes; nn.Parameter(DTensor)
+    and creating DTensor optimizer state dispatch ops. So the grads here are bare DTensors
+    from from_local, which dispatches none.)"""
+    import gc
+    import weakref
+    import gradfast
+    from torch.distributed.tensor import DTensor, Shard
+    mesh = _mesh(("gradfast_keepalive",))  # a name no other check uses: no shared caches
+    grads = [DTensor.from_local(torch.randn(3, 4), mesh, [Shard(0)]) for _ in range(3)]
+    for norm_type in (2.0, math.inf):
+        gradfast.get_total_norm(grads, norm_type)
+    gradfast.get_total_norm(grads, pp_mesh=mesh)
+    gradfast.distributed.reduce_per_tensor_norms(gradfast.distributed.local_norms(grads),
+                                                 grads)
+    ref = weakref.ref(mesh)
+    del mesh, grads
+    gc.collect()
+    if ref() is not None:
+        holders = gc.get_referrers(ref())
+        raise AssertionError([type(r).__name__ for r in holders][:8])
+
 CHECKS = list_checks(globals())
 
 

@@ -10,7 +10,7 @@ error_if_nonfinite=True, as torch).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 from torch.distributed.device_mesh import DeviceMesh
@@ -21,18 +21,16 @@ from .._native import norm as _norm
 from .._native.support import all_native_supported
 from .._torch_fallback import clamp_, scale_
 from .partial_norms import local_partial, partial_kind
+from .identity_cache import IdentityCache
 from .placements import Accounting, check_not_partial, common_root, meshes_of
 from .reduction import global_norm, group_of
 
-_ACCOUNTING: Dict[Tuple[int, int], Tuple[DeviceMesh, Optional[DeviceMesh], Accounting]] = {}
+_ACCOUNTING = IdentityCache()  # (root, pp_mesh or None) -> Accounting
 
 
 def _accounting(root: DeviceMesh, pp_mesh: Optional[DeviceMesh]) -> Accounting:
-    key = (id(root), id(pp_mesh))
-    hit = _ACCOUNTING.get(key)
-    if hit is None or hit[0] is not root or hit[1] is not pp_mesh:
-        hit = _ACCOUNTING[key] = (root, pp_mesh, Accounting(root, pp_mesh))
-    return hit[2]
+    hit = _ACCOUNTING.get((root, pp_mesh))
+    return hit if hit is not None else _ACCOUNTING.put((root, pp_mesh), Accounting(root, pp_mesh))
 
 
 def locals_of(tensors: List[torch.Tensor]) -> List[torch.Tensor]:

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Dict, List, Tuple
+from typing import List
 
 import torch
-import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 from .._native.norm_kind import INF, L0, L1, L2, NEG_INF, parse_norm_type
 from .partial_norms import indexed_norms, partial_kind
 from .placements import Accounting, common_root, meshes_of, spanned_root_dims
-from .reduction import group_of, reduce_op
+from .identity_cache import IdentityCache
+from .reduction import all_reduce_, group_of, reduce_op
 
 __all__ = ["local_norms", "reduce_per_tensor_norms"]
 
@@ -45,7 +45,7 @@ def local_norms(grads: List[torch.Tensor], norm_type: float = 2.0) -> torch.Tens
     return out
 
 
-_REDUCTION: Dict[tuple, Tuple[object, Accounting, object]] = {}
+_REDUCTION = IdentityCache()  # (root, *grad meshes) -> (Accounting, process group or None)
 
 
 def _reduction(grads: List[torch.Tensor]):
@@ -55,10 +55,10 @@ def _reduction(grads: List[torch.Tensor]):
     if not meshes:
         return None
     root = common_root(meshes, None)
-    key = (id(root),) + tuple(id(m) for m in meshes)
+    key = (root, *meshes)
     hit = _REDUCTION.get(key)
-    if hit is not None and hit[0] is root:
-        return hit[1], hit[2]
+    if hit is not None:
+        return hit
     dims = frozenset().union(*[spanned_root_dims(m, root) for m in meshes])
     free = frozenset(range(root.ndim)) - dims
     if not dims:
@@ -72,9 +72,7 @@ def _reduction(grads: List[torch.Tensor]):
         sub = root[tuple(names[d] for d in sorted(dims))]
         group = sub.get_group() if sub.ndim == 1 else sub._flatten(
             "_gradfast_" + "_".join(names[d] for d in sorted(dims))).get_group()
-    acc = Accounting(root, None, free_dims=free)
-    _REDUCTION[key] = (root, acc, group)
-    return acc, group
+    return _REDUCTION.put(key, (Accounting(root, None, free_dims=free), group))
 
 
 def _encode(x: torch.Tensor, kind: int) -> torch.Tensor:
@@ -124,7 +122,7 @@ def reduce_per_tensor_norms(per_tensor: torch.Tensor, grads: List[torch.Tensor],
     else:
         contrib = torch.where(keep, x.pow(p), 0.0)
     buf = _encode(contrib, kind).contiguous()
-    dist.all_reduce(buf, op=reduce_op(kind), group=group)
+    all_reduce_(buf, reduce_op(kind), group)
     total = _decode(buf, kind)
     if kind == L2:
         total = total.sqrt()

@@ -11,17 +11,21 @@ the representative of its replica class:
 Shard and _StridedShard dims split distinct elements, so every coordinate counts. Partial
 gradients hold addends, not elements, and are refused.
 
-Decisions are cached per (mesh, placements): they depend on nothing else.
+Decisions are cached per (mesh, placements): they depend on nothing else. The caches hold
+no mesh alive (identity_cache.py).
 """
 from __future__ import annotations
 
 import itertools
+import weakref
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
+
+from .identity_cache import IdentityCache
 
 _PARTIAL_MSG = (
     "gradfast: a gradient with a Partial placement ({}) holds unreduced addends, not "
@@ -42,14 +46,12 @@ def _rank_coordinates(root: DeviceMesh) -> Dict[int, Tuple[int, ...]]:
                                           full.flatten().tolist())}
 
 
-_COORDS: Dict[int, Tuple[DeviceMesh, Dict[int, Tuple[int, ...]]]] = {}
+_COORDS = IdentityCache()  # root mesh -> {global rank: coordinate}
 
 
 def coordinates(root: DeviceMesh) -> Dict[int, Tuple[int, ...]]:
-    hit = _COORDS.get(id(root))
-    if hit is None or hit[0] is not root:
-        hit = _COORDS[id(root)] = (root, _rank_coordinates(root))
-    return hit[1]
+    hit = _COORDS.get(root)
+    return hit if hit is not None else _COORDS.put(root, _rank_coordinates(root))
 
 
 def spanned_root_dims(mesh: Optional[DeviceMesh], root: DeviceMesh) -> frozenset:
@@ -61,9 +63,6 @@ def spanned_root_dims(mesh: Optional[DeviceMesh], root: DeviceMesh) -> frozenset
     return frozenset(d for d in range(root.ndim) if len({c[d] for c in mine}) > 1)
 
 
-_SPEC_CACHE_SIZE = 1 << 14
-
-
 class Accounting:
     """The replica decisions of one call's reduction: the root mesh, this rank's coordinate
     on it, and the root dims that pp_mesh spans (never replicas)."""
@@ -71,16 +70,18 @@ class Accounting:
     def __init__(self, root: DeviceMesh, pp_mesh: Optional[DeviceMesh],
                  free_dims: frozenset = frozenset()) -> None:
         """free_dims: root dims outside the reduction (never replicas), besides pp's."""
-        self.root = root
+        # Weak: an Accounting lives in caches keyed by its root, which it must not keep alive.
+        self._root = weakref.ref(root)
+        self.ndim = root.ndim
         self.my_coord = coordinates(root)[dist.get_rank()]
         self.pp_dims = free_dims | (
             spanned_root_dims(pp_mesh, root) if pp_mesh is not None else frozenset())
-        self._cache: Dict[tuple, Tuple[object, bool]] = {}
-        self._spec_cache: Dict[int, Tuple[object, bool]] = {}
+        self._by_mesh = IdentityCache()  # mesh -> {placements: counted}
+        self._by_spec = IdentityCache()  # DTensorSpec -> counted
 
     def _replica_dims_counted(self, spanned: frozenset) -> bool:
         # A root dim neither the tensor's mesh nor pp spans: this rank counts at coordinate 0.
-        return all(self.my_coord[d] == 0 for d in range(self.root.ndim)
+        return all(self.my_coord[d] == 0 for d in range(self.ndim)
                    if d not in spanned and d not in self.pp_dims)
 
     def plain_counted(self) -> bool:
@@ -90,29 +91,28 @@ class Accounting:
         """counted() of a DTensorSpec, cached on the spec object (FSDP2 reuses one spec
         per parameter for its grads, so steady-state steps only look it up); refuses
         Partial placements the first time a spec is seen."""
-        hit = self._spec_cache.get(id(spec))
-        if hit is not None and hit[0] is spec:
-            return hit[1]
+        hit = self._by_spec.get(spec)
+        if hit is not None:
+            return hit
         check_not_partial(spec.placements)
-        decision = self.counted(spec.mesh, spec.placements)
-        if len(self._spec_cache) > _SPEC_CACHE_SIZE:
-            self._spec_cache.clear()
-        self._spec_cache[id(spec)] = (spec, decision)  # the spec kept: its id stays unique
-        return decision
+        return self._by_spec.put(spec, self.counted(spec.mesh, spec.placements))
 
     def counted(self, mesh: DeviceMesh, placements: Sequence) -> bool:
-        key = (id(mesh), tuple(placements))
-        hit = self._cache.get(key)
+        by_placements = self._by_mesh.get(mesh)
+        if by_placements is None:
+            by_placements = self._by_mesh.put(mesh, {})
+        key = tuple(placements)
+        hit = by_placements.get(key)
         if hit is not None:
-            return hit[1]
+            return hit
         coord = mesh.get_coordinate()
         if coord is None:  # this rank is outside the mesh: its shell holds nothing
             decision = False
         else:
             replicas_ok = all(c == 0 for c, pl in zip(coord, placements) if pl.is_replicate())
             decision = replicas_ok and self._replica_dims_counted(
-                spanned_root_dims(mesh, self.root))
-        self._cache[key] = (mesh, decision)  # the mesh is kept so its id stays unique
+                spanned_root_dims(mesh, self._root()))
+        by_placements[key] = decision
         return decision
 
 
