@@ -20,8 +20,8 @@ from .. import clip as _clip
 from .._native import norm as _norm
 from .._native.support import all_native_supported
 from .._torch_fallback import clamp_, scale_
-from .partial_norms import local_partial, partial_kind
 from .identity_cache import IdentityCache
+from .partial_norms import local_partial, partial_kind
 from .placements import Accounting, check_not_partial, common_root, meshes_of
 from .reduction import global_norm, group_of
 

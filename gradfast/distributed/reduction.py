@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
