@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 
 
 class IdentityCache:
-    __slots__ = ("_entries", "__weakref__")
+    __slots__ = ("_entries",)
 
     def __init__(self) -> None:
         self._entries: Dict[Any, tuple] = {}
